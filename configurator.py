@@ -1,0 +1,160 @@
+"""
+The poor man's configurator, hardened. A script keeps its configuration as plain module globals
+with their defaults, then calls
+
+    config = configure(globals())
+
+which applies, in the order given on the command line, config files (Python that assigns keys) and
+--key=value overrides, writes the results back into the script's globals and returns them as a dict
+(the config that is logged and saved). For example:
+
+    python train.py config/train_shakespeare_char.py --batch_size=32 --compile=false
+
+Every mistake is one line and a non-zero exit: an unknown key (with the closest known ones), a value
+of the wrong type (int for float and None either way are fine), a missing config file, a config file
+that raises. --help lists every key with its default.
+"""
+
+import ast
+import difflib
+import os
+import re
+import sys
+import types
+
+CONFIG_TYPES = (bool, int, float, str, type(None))
+TRUE_WORDS, FALSE_WORDS = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
+
+
+def config_keys(g):
+    """The config of a script: its public globals of plain types, in order of definition."""
+    return {k: v for k, v in g.items() if not k.startswith('_') and isinstance(v, CONFIG_TYPES)}
+
+
+def closest(key, known):
+    matches = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(matches)}?" if matches else "; --help lists the keys"
+
+
+def check_value(key, value, default, where):
+    """value converted to the type of default, or an error naming the key. Accepted: the same type,
+    int for float, None for anything and anything for a key whose default is None, and for booleans
+    also 0/1 and the words true/false (any case)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.lower() in TRUE_WORDS
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    raise SystemExit(f"error: {key} expects {type(default).__name__}, got {type(value).__name__} {value!r} ({where})")
+
+
+def parse_override(raw, default):
+    """The value of --key=raw: a Python literal where it is one, else the text itself. For keys
+    whose default is a string the text is kept as written ('--wandb_run_name=2024' is a name)."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return raw
+    if isinstance(default, str) and value is not None and not isinstance(value, str):
+        return raw
+    return value
+
+
+def run_config_file(path, config):
+    """The assignments of a config file, executed with the current config visible to it."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+    except FileNotFoundError:
+        raise SystemExit(f"error: config file {path} not found")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: cannot read config file {path}: {e}")
+    namespace = dict(config)
+    try:
+        exec(compile(source, path, 'exec'), namespace)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        line = ''
+        tb = e.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == path:
+                line = f" at line {tb.tb_lineno}"
+            tb = tb.tb_next
+        if isinstance(e, SyntaxError):
+            line = f" at line {e.lineno}"
+        raise SystemExit(f"error: config file {path} failed{line}: {type(e).__name__}: {e}")
+    return source, {k: v for k, v in namespace.items()
+                    if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def key_comments(script_path):
+    """'key = value  # comment' lines of the script, for --help."""
+    comments = {}
+    try:
+        with open(script_path, encoding='utf-8') as f:
+            for line in f:
+                m = re.match(r'^(\w+)\s*=.*?#\s*(.+)$', line)
+                if m:
+                    comments.setdefault(m.group(1), m.group(2).strip())
+    except (OSError, TypeError):
+        pass
+    return comments
+
+
+def print_help(script, defaults):
+    comments = key_comments(script)
+    print(f"usage: python {os.path.basename(script or 'script.py')} [config/file.py ...] [--key=value ...]")
+    print("config files and overrides apply in the order given; keys and their defaults:")
+    width = max(len(k) for k in defaults) + 2
+    for k, v in defaults.items():
+        comment = f"  # {comments[k]}" if k in comments else ''
+        print(f"  --{k.ljust(width)} {v!r}{comment}")
+
+
+def configure(g, argv=None, verbose=True):
+    """Applies config files and --key=value overrides from argv (default sys.argv[1:]) to the
+    config globals of g; returns the final config as a dict."""
+    argv = sys.argv[1:] if argv is None else argv
+    config = config_keys(g)
+    defaults = dict(config)
+    if any(a in ('-h', '--help') for a in argv):
+        print_help(g.get('__file__'), defaults)
+        raise SystemExit(0)
+    for arg in argv:
+        if arg.startswith('--'):
+            key, eq, raw = arg[2:].partition('=')
+            if key not in config:
+                raise SystemExit(f"error: unknown config key {key!r} on the command line{closest(key, config)}")
+            if not eq:
+                raise SystemExit(f"error: {arg} needs a value: --{key}=VALUE")
+            value = check_value(key, parse_override(raw, defaults[key]), defaults[key], 'on the command line')
+            if verbose:
+                print(f"Overriding: {key} = {value!r}")
+            config[key] = value
+        elif '=' in arg and not arg.endswith('.py'):
+            raise SystemExit(f"error: {arg!r}: overrides are written --key=value")
+        else:
+            source, assigned = run_config_file(arg, config)
+            for key, value in assigned.items():
+                if key not in config:
+                    raise SystemExit(f"error: unknown config key {key!r} in {arg}{closest(key, config)}")
+                config[key] = check_value(key, value, defaults[key], f"in {arg}")
+            if verbose:
+                print(f"Overriding config with {arg}:")
+                print(source.rstrip())
+    g.update(config)
+    return config

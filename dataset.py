@@ -1,0 +1,206 @@
+"""
+Data on disk and tokenizers, shared by the prepare scripts, train.py, bench.py and sample.py.
+
+A dataset is a folder data/<name>/ with train.bin and val.bin, flat arrays of token ids (uint16, or
+uint32 where meta.pkl says 'dtype': 'uint32'), and meta.pkl with vocab_size and the tokenizer:
+'char' datasets carry stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE.
+"""
+
+import os
+import pickle
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+GPT2_VOCAB_SIZE = 50304  # 50257 tokens padded up to a multiple of 64, as upstream nanoGPT
+GPT2_BPE_ENV = 'NANOGPT_GPT2_BPE'
+FULL_CHECK_TOKENS = 1 << 29  # token files up to this size are checked whole at start; larger ones batch by batch
+
+
+def dataset_dir(dataset):
+    """data/<dataset> beside these scripts; a path (absolute, or with a separator) is taken as it is."""
+    if os.path.isabs(dataset) or os.sep in dataset or (os.altsep and os.altsep in dataset):
+        return dataset
+    return os.path.join(ROOT, 'data', dataset)
+
+
+def prepare_hint(dataset):
+    script = os.path.join('data', dataset, 'prepare.py')
+    if os.path.exists(os.path.join(ROOT, script)):
+        return f"run python {script} first"
+    return f"prepare it with python data/prepare.py --input=YOUR_TEXT --dataset={dataset}"
+
+
+def load_meta(data_dir):
+    """meta.pkl as a dict; {} where there is none (upstream's BPE datasets have none)."""
+    path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, 'rb') as f:
+            meta = pickle.load(f)
+    except Exception as e:
+        raise SystemExit(f"error: cannot read {path} ({type(e).__name__}: {e}); prepare the dataset again")
+    if not isinstance(meta, dict):
+        raise SystemExit(f"error: {path} does not hold a dict; prepare the dataset again")
+    return meta
+
+
+def token_dtype(meta):
+    dtype = meta.get('dtype', 'uint16')
+    if dtype not in ('uint16', 'uint32'):
+        raise SystemExit(f"error: meta.pkl names token dtype {dtype!r}; expected uint16 or uint32")
+    return np.dtype(dtype)
+
+
+def open_split(data_dir, split, meta, block_size, vocab_size, dataset=None):
+    """The tokens of train.bin or val.bin as a read-only memmap, opened once, after checking that
+    the file exists, is longer than block_size and (for files up to FULL_CHECK_TOKENS) that every
+    id is below vocab_size."""
+    path = os.path.join(data_dir, f'{split}.bin')
+    hint = prepare_hint(dataset or os.path.basename(data_dir))
+    if not os.path.isdir(data_dir):
+        raise SystemExit(f"error: no dataset folder {data_dir}; {hint}")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} does not exist; {hint}")
+    dtype = token_dtype(meta)
+    size = os.path.getsize(path)
+    if size % dtype.itemsize:
+        raise SystemExit(f"error: {path} is not a whole number of {dtype} tokens; prepare the dataset again")
+    n = size // dtype.itemsize
+    if n <= block_size:
+        raise SystemExit(f"error: {path} has {n} tokens, it needs more than block_size={block_size}; "
+                         f"use a smaller block_size or more data")
+    data = np.memmap(path, dtype=dtype, mode='r')
+    if n <= FULL_CHECK_TOKENS:
+        check_token_ids(data, vocab_size, path)
+    return data
+
+
+def check_token_ids(tokens, vocab_size, where):
+    top = int(tokens.max()) if len(tokens) else 0
+    if top >= vocab_size:
+        raise SystemExit(f"error: {where} holds token id {top}, not below the model's vocab_size {vocab_size}; "
+                         f"the data and the model's vocabulary do not match")
+
+
+def get_batch(data, batch_size, block_size, seed, vocab_size=None, device='cpu'):
+    """batch_size random windows of data: x (batch_size, block_size) and y, the same shifted by one.
+    The windows are a function of seed alone (a tuple of ints, e.g. (seed, rank, iter, micro_step)),
+    so a resumed run draws exactly the batches the uninterrupted run would have drawn."""
+    starts = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)
+    rows = data[starts[:, None] + np.arange(block_size + 1)]  # one gather, no Python loop over rows
+    if vocab_size is not None and len(data) > FULL_CHECK_TOKENS:
+        check_token_ids(rows, vocab_size, 'the training data')
+    x = torch.from_numpy(rows[:, :-1].astype(np.int64))
+    y = torch.from_numpy(rows[:, 1:].astype(np.int64))
+    if device.startswith('cuda'):
+        # pinned host memory lets the copy run asynchronously, overlapping the current step
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE. tiktoken downloads it on first use; where that fails, it is read from
+    the tiktoken-format file named by NANOGPT_GPT2_BPE."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as download_error:
+        path = os.environ.get(GPT2_BPE_ENV)
+        if not path:
+            raise SystemExit(f"error: tiktoken could not download the GPT-2 BPE ({type(download_error).__name__}); "
+                             f"offline, set {GPT2_BPE_ENV} to a local gpt2.tiktoken file")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: {GPT2_BPE_ENV}={path} does not exist, and tiktoken could not download the GPT-2 BPE")
+        from tiktoken.load import load_tiktoken_bpe
+        from tiktoken_ext.openai_public import r50k_pat_str
+        try:
+            ranks = load_tiktoken_bpe(path)
+        except Exception as e:
+            raise SystemExit(f"error: {GPT2_BPE_ENV}={path} is not a tiktoken BPE file ({type(e).__name__}: {e})")
+        return tiktoken.Encoding(name='gpt2', pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                 special_tokens={'<|endoftext|>': 50256})
+
+
+def char_vocab(text):
+    """stoi and itos of the sorted set of characters in text."""
+    chars = sorted(set(text))
+    return {ch: i for i, ch in enumerate(chars)}, {i: ch for i, ch in enumerate(chars)}
+
+
+def load_tokenizer(meta, where='this dataset'):
+    """(encode, decode_bytes) for a dataset's meta: text -> ids, ids -> UTF-8 bytes. Bytes, because
+    a GPT-2 token can hold part of a character: decode them with an incremental UTF-8 decoder."""
+    if 'stoi' in meta and 'itos' in meta:
+        stoi, itos = meta['stoi'], meta['itos']
+
+        def encode(text):
+            unknown = sorted(set(ch for ch in text if ch not in stoi))
+            if unknown:
+                shown = ', '.join(repr(ch) for ch in unknown[:10]) + (' ...' if len(unknown) > 10 else '')
+                raise SystemExit(f"error: the prompt has characters that are not in the vocabulary of {where}: {shown}")
+            return [stoi[ch] for ch in text]
+
+        def decode_bytes(ids):
+            return ''.join(itos[i] for i in ids).encode('utf-8')
+        return encode, decode_bytes
+    enc = gpt2_encoding()
+
+    def encode(text):
+        return enc.encode(text, allowed_special={'<|endoftext|>'})
+
+    def decode_bytes(ids):
+        ids = [i for i in ids if i < enc.n_vocab]  # a padded vocabulary's unused ids decode to nothing
+        return enc.decode_bytes(ids)
+    return encode, decode_bytes
+
+
+# ----------------------------------------------------------------------------- writing datasets
+
+def write_dataset(out_dir, train_ids, val_ids, meta):
+    """train.bin, val.bin and meta.pkl in out_dir, each written to a temporary name and renamed, so
+    an interrupted prepare leaves no half-written file behind. meta gains the token dtype."""
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = np.uint32 if meta['vocab_size'] > 65535 else np.uint16
+    meta = dict(meta, dtype=np.dtype(dtype).name)
+    for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
+        path = os.path.join(out_dir, name)
+        np.asarray(ids, dtype=dtype).tofile(path + '.tmp')
+        os.replace(path + '.tmp', path)
+    path = os.path.join(out_dir, 'meta.pkl')
+    with open(path + '.tmp', 'wb') as f:
+        pickle.dump(meta, f)
+    os.replace(path + '.tmp', path)
+    return meta
+
+
+def input_text(folder, argv, url):
+    """The text a prepare script works on: input.txt in its folder if present, else the file named
+    by its first argument (copied there as input.txt), else downloaded from url."""
+    path = os.path.join(folder, 'input.txt')
+    if not os.path.exists(path):
+        if len(argv) > 1:
+            source = argv[1]
+            try:
+                with open(source, encoding='utf-8') as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                raise SystemExit(f"error: cannot read {source}: {e}")
+        else:
+            import requests
+            try:
+                response = requests.get(url, timeout=30)
+                response.raise_for_status()
+            except requests.RequestException as e:
+                raise SystemExit(f"error: could not download {url} ({type(e).__name__}); without network, put the "
+                                 f"text at {path} or pass its path: python {os.path.relpath(folder, ROOT)}/prepare.py PATH")
+            text = response.text
+        with open(path + '.tmp', 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(path + '.tmp', path)
+    with open(path, encoding='utf-8') as f:
+        return f.read()

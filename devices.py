@@ -1,0 +1,175 @@
+"""
+Device concerns shared by train.py, bench.py and sample.py: which device and dtype to use,
+autocast, synchronisation, torch.compile with a fallback, and the GPU peak-FLOPs table behind MFU.
+"""
+
+import re
+import warnings
+from contextlib import nullcontext
+
+import torch
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+# Dense (not sparse) peak FLOP/s per GPU: the tensor-core rate for bfloat16 and float16 with float32
+# accumulation (what PyTorch's matmuls use), and the TF32 tensor-core rate for float32, which train.py
+# allows. None where the GPU has no such rate. Datasheets list sparse rates as well: halve those.
+# The patterns are tried in order against the lower-cased torch.cuda.get_device_name(), so the more
+# specific ones come first, and \b and $ keep 'l4' out of 'l40s', 'a10' out of 'a100', 'h20' out of 'h200'.
+T = 1e12
+GPU_PEAK_FLOPS = [
+    # (pattern, bfloat16, float16, float32 via TF32)
+    # NVIDIA A100 datasheet: BF16/FP16 312, TF32 156 (SXM4 and PCIe, 40 and 80 GB)
+    (r'\ba100\b', 312 * T, 312 * T, 156 * T),
+    # NVIDIA H100 datasheet: H100 NVL BF16/FP16 1,671 and TF32 835 with sparsity
+    (r'\bh100\b.*\bnvl\b', 835.5 * T, 835.5 * T, 417.5 * T),
+    # NVIDIA H100 datasheet: H100 PCIe BF16/FP16 1,513 and TF32 756 with sparsity
+    (r'\bh100\b.*\bpcie\b', 756.5 * T, 756.5 * T, 378 * T),
+    # NVIDIA H100 datasheet: H100 SXM BF16/FP16 1,979 and TF32 989 with sparsity ("H100 80GB HBM3")
+    (r'\bh100\b', 989.4 * T, 989.4 * T, 494.7 * T),
+    # NVIDIA H200 datasheet: H200 NVL BF16/FP16 1,671 and TF32 835 with sparsity
+    (r'\bh200\b.*\bnvl\b', 835.5 * T, 835.5 * T, 417.5 * T),
+    # NVIDIA H200 datasheet: H200 SXM BF16/FP16 1,979 and TF32 989 with sparsity, as H100 SXM
+    (r'\bh200\b', 989.4 * T, 989.4 * T, 494.7 * T),
+    # NVIDIA H800 product brief: the PCIe card as H100 PCIe, the SXM part as H100 SXM
+    (r'\bh800\b.*\bpcie\b', 756.5 * T, 756.5 * T, 378 * T),
+    (r'\bh800\b', 989.4 * T, 989.4 * T, 494.7 * T),
+    # NVIDIA H20 product brief: BF16/FP16 148, TF32 74 (dense)
+    (r'\bh20\b', 148 * T, 148 * T, 74 * T),
+    # NVIDIA GB200 NVL72 datasheet: per GPU BF16/FP16 5 PF and TF32 2.5 PF with sparsity
+    (r'\bgb200\b', 2500 * T, 2500 * T, 1250 * T),
+    # NVIDIA HGX B200 datasheet: per GPU BF16/FP16 4.5 PF and TF32 2.25 PF with sparsity
+    (r'\bb200\b', 2250 * T, 2250 * T, 1125 * T),
+    # NVIDIA L40S datasheet: BF16/FP16 733 and TF32 366 with sparsity
+    (r'\bl40s\b', 366 * T, 366 * T, 183 * T),
+    # NVIDIA L40 datasheet: BF16/FP16 181.05, TF32 90.5 (dense)
+    (r'\bl40\b', 181.05 * T, 181.05 * T, 90.5 * T),
+    # NVIDIA L4 datasheet: BF16/FP16 242 and TF32 120 with sparsity
+    (r'\bl4\b', 121 * T, 121 * T, 60 * T),
+    # AWS G5 / NVIDIA A10G: BF16/FP16 70, TF32 35 (dense); lower tensor clocks than the A10
+    (r'\ba10g\b', 70 * T, 70 * T, 35 * T),
+    # NVIDIA A10 datasheet: BF16/FP16 125, TF32 62.5 (dense)
+    (r'\ba10\b', 125 * T, 125 * T, 62.5 * T),
+    # NVIDIA A30 datasheet: BF16/FP16 165, TF32 82 (dense)
+    (r'\ba30\b', 165 * T, 165 * T, 82 * T),
+    # NVIDIA A40 datasheet: BF16/FP16 149.7, TF32 74.8 (dense)
+    (r'\ba40\b', 149.7 * T, 149.7 * T, 74.8 * T),
+    # NVIDIA RTX A6000 datasheet: 309.7 tensor TFLOPS with sparsity; 84 SMs x 1024 FLOP/clk x 1.80 GHz
+    (r'\brtx a6000\b', 154.8 * T, 154.8 * T, 77.4 * T),
+    # NVIDIA V100 datasheet: FP16 tensor 130 (V100S), 112 (PCIe), 125 (SXM2); no BF16 or TF32
+    (r'\bv100s\b', None, 130 * T, None),
+    (r'\bv100\b.*\bpcie\b', None, 112 * T, None),
+    (r'\bv100\b', None, 125 * T, None),
+    # NVIDIA T4 datasheet: FP16 tensor 65; no BF16 or TF32
+    (r'\bt4\b', None, 65 * T, None),
+    # GeForce: the rate with float32 accumulate, half the FP16-accumulate rate on these cards.
+    # Ampere GA10x whitepaper: RTX 3090 BF16/FP16 (FP32 acc) 71, TF32 35.6 (dense)
+    (r'\brtx 3090$', 71 * T, 71 * T, 35.6 * T),
+    # RTX 3060: GA106, 28 SMs x 512 FLOP/clk (FP32 acc) x 1.777 GHz boost, by the GA10x whitepaper's rates
+    (r'\brtx 3060$', 25.5 * T, 25.5 * T, 12.7 * T),
+    # Ada whitepaper: RTX 4090 BF16/FP16 (FP32 acc) 165.2, TF32 82.6 (dense)
+    (r'\brtx 4090$', 165.2 * T, 165.2 * T, 82.6 * T),
+    # Blackwell GeForce whitepaper: RTX 5090 BF16/FP16 (FP32 acc) 209.5, TF32 104.8 (dense)
+    (r'\brtx 5090$', 209.5 * T, 209.5 * T, 104.8 * T),
+]
+
+
+def peak_flops(device_name, dtype):
+    """Dense peak FLOP/s of the GPU named as torch.cuda.get_device_name() names it, for 'bfloat16',
+    'float16' or 'float32' (TF32 tensor cores); None for an unknown GPU or a dtype it has no rate for."""
+    column = {'bfloat16': 1, 'float16': 2, 'float32': 3}[dtype]
+    name = device_name.lower().strip()
+    for row in GPU_PEAK_FLOPS:
+        if re.search(row[0], name):
+            return row[column]
+    return None
+
+
+def device_peak_flops(device, dtype, override=0.0):
+    """The peak that MFU is measured against: the user's peak_flops when set, else the table's
+    entry for this GPU, else None."""
+    if override:
+        return float(override)
+    if device.startswith('cuda'):
+        return peak_flops(torch.cuda.get_device_name(device), dtype)
+    return None
+
+
+def mfu(flops_per_token, tokens_per_iter, seconds_per_iter, peak):
+    """Model FLOPs utilisation: the FLOP/s the model's math needs at this speed over the peak."""
+    return flops_per_token * tokens_per_iter / seconds_per_iter / peak
+
+
+def format_mfu(value):
+    return 'n/a' if value is None else f"{value * 100:.2f}%"
+
+
+def pick_device(requested):
+    """'auto' (or '') picks cuda, then mps, then cpu; anything else is checked."""
+    if requested in ('', 'auto'):
+        if torch.cuda.is_available():
+            return 'cuda'
+        if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    kind = requested.split(':')[0]
+    if kind not in ('cpu', 'cuda', 'mps') or (kind != 'cuda' and ':' in requested):
+        raise SystemExit(f"error: unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: device {requested!r} asked for, but this torch sees no CUDA GPU; use device=cpu (or auto)")
+        index = requested.partition(':')[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise SystemExit(f"error: no GPU {requested!r}: this machine has {torch.cuda.device_count()}")
+    if kind == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise SystemExit("error: device 'mps' asked for, but MPS is not available here; use device=cpu (or auto)")
+    return requested
+
+
+def pick_dtype(device, requested):
+    """'auto' picks bfloat16 on GPUs that have it, float16 (with a GradScaler) on older GPUs, float32
+    elsewhere; an explicit choice is checked against what the device can do."""
+    kind = device.split(':')[0]
+    if requested in ('', 'auto'):
+        if kind == 'cuda':
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        return 'float32'
+    if requested not in DTYPES:
+        raise SystemExit(f"error: unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
+    if kind == 'cuda' and requested == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        raise SystemExit(f"error: this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use dtype=float16")
+    if kind == 'cpu' and requested == 'float16':
+        raise SystemExit("error: float16 training needs a GPU; on cpu use dtype=float32 or bfloat16")
+    if kind == 'mps' and requested == 'bfloat16':
+        raise SystemExit("error: bfloat16 autocast is not supported on mps here; use dtype=float32")
+    return requested
+
+
+def autocast(device, dtype):
+    """Mixed-precision context for the forward pass; nothing for float32."""
+    if dtype == 'float32':
+        return nullcontext()
+    return torch.autocast(device_type=device.split(':')[0], dtype=DTYPES[dtype])
+
+
+def synchronize(device):
+    """Wait for the device's queued work, so a clock read afterwards measures it."""
+    kind = device.split(':')[0]
+    if kind == 'cuda':
+        torch.cuda.synchronize(device)
+    elif kind == 'mps':
+        torch.mps.synchronize()
+
+
+def compile_model(model, device, mode=None):
+    """torch.compile(model) where compilation works on this platform; otherwise one warning and the
+    model as it is. A tiny function is compiled and run first, so a missing compiler shows up here
+    rather than in the middle of the first training step."""
+    try:
+        probe = torch.compile(lambda x: x * 2 + 1)
+        probe(torch.ones(4, device=device))
+        return torch.compile(model, mode=mode)
+    except Exception as e:  # any failure of the toolchain means: run uncompiled
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.warn(f"torch.compile is not available here ({message[:200]}); running uncompiled", stacklevel=2)
+        return model

@@ -1,0 +1,94 @@
+"""
+torch.distributed for train.py: process-group set-up under torchrun, DDP or FSDP2 wrapping, and
+full (unsharded) state dicts so that checkpoints of sharded runs load anywhere.
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup(backend, device):
+    """Under torchrun (RANK set): joins the process group and returns (rank, local_rank, world_size,
+    device) with this process's device; otherwise (0, 0, 1, device)."""
+    if int(os.environ.get('RANK', -1)) == -1:
+        return 0, 0, 1, device
+    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    if backend in ('', 'auto'):
+        backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    dist.init_process_group(backend=backend)
+    return rank, local_rank, world_size, device
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(tensor):
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def shard(model):
+    """FSDP2: each transformer block its own unit, then the rest (embeddings, ln_f, the tied lm_head)."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise SystemExit("error: fsdp=True needs torch>=2.6 (torch.distributed.fsdp.fully_shard)")
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def _state_dict_options(cpu_offload):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
+
+
+def _param_names(model, optimizer):
+    """The names of the optimizer's parameters in its own order: the key between the optimizer's
+    numbered state (the format of optimizer.state_dict()) and torch.distributed's named one."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group['params']]
+
+
+def full_state(model, optimizer):
+    """(model state dict, optimizer state dict) of an FSDP-sharded model, gathered whole on the CPU
+    (collective: every rank calls it; rank 0 gets the tensors) and in optimizer.state_dict()'s format."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    options = _state_dict_options(cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=options)
+    named = get_optimizer_state_dict(model, optimizer, options=options)
+    names = _param_names(model, optimizer)
+    index = {n: i for i, n in enumerate(names)}
+    optim_sd = {
+        'state': {index[n]: s for n, s in named['state'].items() if n in index},
+        'param_groups': [dict(g, params=[index[n] for n in g['params']]) for g in named['param_groups']],
+    }
+    return model_sd, optim_sd
+
+
+def load_full_state(model, optimizer, model_sd, optim_sd):
+    """Loads full state dicts (as full_state returns, or from a single-device run) into an FSDP model
+    and its optimizer; every rank holds the full dicts and keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    options = _state_dict_options(cpu_offload=False)
+    set_model_state_dict(model, model_sd, options=options)
+    if optimizer is not None and optim_sd is not None:
+        names = _param_names(model, optimizer)
+        named = {
+            'state': {names[i]: s for i, s in optim_sd['state'].items()},
+            'param_groups': [dict(g, params=[names[i] for i in g['params']]) for g in optim_sd['param_groups']],
+        }
+        set_optimizer_state_dict(model, optimizer, named, options=options)
+
+
+def teardown():
+    if is_distributed():
+        dist.destroy_process_group()

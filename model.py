@@ -1,0 +1,349 @@
+"""
+The GPT language model, all of it in this one file.
+
+Parameter names follow upstream nanoGPT (and so GPT-2's layout), so checkpoints move between the two.
+References: OpenAI's GPT-2 (https://github.com/openai/gpt-2/blob/master/src/model.py) and the
+Hugging Face GPT-2 layout, which GPT.from_pretrained reads without the transformers package.
+"""
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (nn.LayerNorm has no bias=False on older torch)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # fused attention kernels where torch has them; the plain version below does the same math
+        self.flash = hasattr(F, 'scaled_dot_product_attention')
+
+    def forward(self, x, layer_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        start = 0
+        if layer_cache is not None:
+            # generation: keep this step's keys and values, attend over every position so far
+            k_buf, v_buf, start = layer_cache
+            k_buf[:, :, start:start + T] = k
+            v_buf[:, :, start:start + T] = v
+            k, v = k_buf[:, :, :start + T], v_buf[:, :, :start + T]
+        # the new queries sit at positions start..start+T-1 and may see keys up to their own position
+        mask = None
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        causal = start == 0 and T > 1
+        dropout_p = self.dropout if self.training else 0.0
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            if causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float('-inf'))
+            att = self.attn_dropout(F.softmax(att, dim=-1))
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, layer_cache=None):
+        x = x + self.attn(self.ln_1(x), layer_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # bias in Linears and LayerNorms, as GPT-2; False is a little better and faster
+
+
+class KVCache:
+    """Keys and values of every position generated so far, one pair of buffers per layer."""
+
+    def __init__(self, config, batch_size, device, dtype):
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.layers = [(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+                       for _ in range(config.n_layer)]
+        self.length = 0  # positions filled
+
+
+# Hugging Face GPT-2 checkpoints store these as Conv1D weights: (in, out) instead of Linear's (out, in)
+CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+PRETRAINED_SIZES = {
+    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by the depth
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count. non_embedding leaves out the position embeddings; the token embeddings
+        stay in because they are also the weights of lm_head."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """Returns (logits, loss). Without targets only the last position's logits are computed."""
+        b, t = idx.size()
+        start = kv_cache.length if kv_cache is not None else 0
+        assert start + t <= self.config.block_size, \
+            f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
+        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_cache is None else (*kv_cache.layers[i], start))
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.length += t
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # keep the time dimension
+            loss = None
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Model surgery for a smaller context, e.g. GPT-2's 1024 down to 256."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6N for the matmuls forward and backward plus 12*L*H*Q*T for
+        attention (PaLM, appendix B), N without position embeddings, T the trained sequence length."""
+        cfg = self.config
+        L, H, Q = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head
+        return 6 * self.get_num_params() + 12 * L * H * Q * seq_len
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, override_args=None):
+        """GPT-2 weights from a Hugging Face GPT-2 directory (config.json + model.safetensors), or
+        one of 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' through huggingface_hub's cache.
+        Only dropout can be overridden; the rest is the checkpoint's."""
+        override_args = override_args or {}
+        unknown = [k for k in override_args if k != 'dropout']
+        if unknown:
+            raise SystemExit(f"error: from_pretrained can only override dropout, not {', '.join(unknown)}")
+        if os.path.isdir(name_or_path):
+            config_path = os.path.join(name_or_path, 'config.json')
+            weights_path = os.path.join(name_or_path, 'model.safetensors')
+            for path in (config_path, weights_path):
+                if not os.path.isfile(path):
+                    raise SystemExit(f"error: {name_or_path} is not a Hugging Face GPT-2 directory: {os.path.basename(path)} is missing")
+            with open(config_path) as f:
+                hf = json.load(f)
+            try:
+                config_args = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
+                                   block_size=hf['n_positions'], vocab_size=hf['vocab_size'])
+            except KeyError as e:
+                raise SystemExit(f"error: {config_path} lacks {e.args[0]}, which a GPT-2 config.json has")
+        elif name_or_path in PRETRAINED_SIZES:
+            weights_path = download_gpt2(name_or_path)
+            config_args = dict(PRETRAINED_SIZES[name_or_path], block_size=1024, vocab_size=50257)
+        else:
+            raise SystemExit(f"error: {name_or_path!r} is neither a directory with config.json and model.safetensors "
+                             f"nor one of {', '.join(PRETRAINED_SIZES)}")
+        config_args['bias'] = True  # GPT-2 checkpoints always have biases
+        config_args['dropout'] = override_args.get('dropout', 0.0)
+        print(f"loading GPT-2 weights from {weights_path}")
+        model = cls(GPTConfig(**config_args))
+        model.load_state_dict(hf_to_nanogpt(read_safetensors(weights_path), model.state_dict()))
+        return model
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
+        """AdamW with weight decay on the 2-D tensors (matmul weights, embeddings) only; the fused
+        kernel where this torch has one for the device."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        if verbose:
+            print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
+            print(f"num non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters")
+        fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
+        """Yields one (b, 1) tensor of new tokens at a time, each conditioned on idx and those before it.
+        With kv_cache each step feeds only the newest token; once the sequence outgrows block_size the
+        cache is rebuilt from the last block_size tokens at each step, as the uncached path sees them."""
+        block_size = self.config.block_size
+        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if kv_cache else None
+        for _ in range(max_new_tokens):
+            if cache is not None and 0 < cache.length < block_size:
+                context = idx[:, -1:]
+            else:
+                if cache is not None:
+                    cache.length = 0
+                context = idx[:, -block_size:]
+            logits, _ = self(context, kv_cache=cache)
+            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
+            idx = torch.cat((idx, idx_next), dim=1)
+            yield idx_next
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
+        """idx (b, t) of token ids, extended by max_new_tokens tokens. temperature 0 is greedy."""
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache))
+        return torch.cat([idx] + new, dim=1)
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+    """One token per row of logits (b, vocab): greedy at temperature 0, else sampled from the
+    softmax at that temperature, restricted to the top_k tokens and to the smallest set whose
+    probability reaches top_p (nucleus sampling)."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float('-inf'))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token when the ones ranked above it already reach top_p; the first always stays
+        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float('-inf'))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+def download_gpt2(name):
+    """Path of model.safetensors for a GPT-2 size, from huggingface_hub's cache or the hub."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise SystemExit("error: loading pretrained GPT-2 needs huggingface_hub: pip install huggingface_hub safetensors")
+    try:
+        return hf_hub_download(repo_id=f"openai-community/{name}", filename='model.safetensors')
+    except Exception as e:
+        raise SystemExit(f"error: could not get {name} from the Hugging Face hub ({type(e).__name__}); "
+                         f"offline, pass init_from=a directory holding config.json and model.safetensors")
+
+
+def read_safetensors(path):
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise SystemExit("error: reading model.safetensors needs safetensors: pip install safetensors")
+    try:
+        return load_file(path)
+    except Exception as e:
+        raise SystemExit(f"error: cannot read {path}: {e}")
+
+
+def hf_to_nanogpt(hf_sd, sd):
+    """Hugging Face GPT-2 tensors (with or without the 'transformer.' prefix) renamed and shaped
+    as the nanoGPT state dict sd; every name and shape checked."""
+    out = {}
+    for k, v in hf_sd.items():
+        if k.endswith('.attn.bias') or k.endswith('.attn.masked_bias'):
+            continue  # causal-mask buffers, not weights
+        name = k if k.startswith('transformer.') or k.startswith('lm_head.') else 'transformer.' + k
+        if name not in sd:
+            raise SystemExit(f"error: unexpected tensor {k} in the pretrained weights")
+        if name.endswith(CONV1D_WEIGHTS):
+            v = v.t()
+        if v.shape != sd[name].shape:
+            raise SystemExit(f"error: pretrained tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(sd[name].shape)}")
+        out[name] = v
+    out.setdefault('lm_head.weight', out.get('transformer.wte.weight'))  # tied; many files store it once
+    missing = [k for k in sd if k not in out or out[k] is None]
+    if missing:
+        raise SystemExit(f"error: the pretrained weights lack {', '.join(missing[:3])}")
+    return out

@@ -1,0 +1,104 @@
+"""
+Samples text from a trained model (out_dir/ckpt.pt) or from GPT-2's weights.
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=1
+"""
+
+import codecs
+import os
+import sys
+import time
+from dataclasses import fields
+
+import torch
+
+from checkpoint import clean_state_dict, load_checkpoint
+from configurator import configure
+from dataset import dataset_dir, load_meta, load_tokenizer
+from devices import autocast, compile_model, pick_device, pick_dtype
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (from out_dir), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a Hugging Face GPT-2 directory
+out_dir = 'out'  # ignored unless init_from is 'resume'
+start = "\n"  # the prompt: text, or FILE:path to read it from a UTF-8 file
+num_samples = 10  # number of samples to draw
+max_new_tokens = 500  # number of tokens generated in each sample
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = always the likeliest token
+top_k = 200  # keep only the top_k most likely tokens (None: all)
+top_p = 1.0  # keep the smallest set of tokens whose probability reaches top_p (1.0: all)
+kv_cache = True  # keep attention keys and values between steps, so each new token costs one position
+seed = 1337
+device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = False  # torch.compile the model (slow to start, faster for long generations)
+# -----------------------------------------------------------------------------
+configure(globals())
+if not isinstance(num_samples, int) or num_samples < 1 or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    raise SystemExit("error: num_samples must be at least 1 and max_new_tokens at least 0")
+if temperature is None or temperature < 0:
+    raise SystemExit(f"error: temperature must be 0 (greedy) or more, got {temperature}")
+if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise SystemExit(f"error: top_p must be in (0, 1], got {top_p}")
+device = pick_device(device)
+dtype = pick_dtype(device, dtype)
+torch.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+
+# model, and the tokenizer it was trained with
+meta, where = {}, 'GPT-2'
+if init_from == 'resume':
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    known = {f.name for f in fields(GPTConfig)}
+    model = GPT(GPTConfig(**{k: v for k, v in checkpoint['model_args'].items() if k in known}))
+    model.load_state_dict(clean_state_dict(checkpoint['model']))
+    train_dataset = checkpoint.get('config', {}).get('dataset')
+    if train_dataset:
+        meta, where = load_meta(dataset_dir(train_dataset)), f"dataset {train_dataset}"
+    if not meta and model.config.vocab_size < 50257:
+        raise SystemExit(f"error: the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's and "
+                         f"{os.path.join(dataset_dir(train_dataset or '?'), 'meta.pkl')} is missing; prepare that dataset again")
+    checkpoint = None
+elif init_from.startswith('gpt2') or os.path.isdir(init_from):
+    model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+else:
+    raise SystemExit(f"error: init_from={init_from!r}: use 'resume', a GPT-2 name or a Hugging Face GPT-2 directory")
+model.eval()
+model.to(device)
+if compile:
+    model.forward = compile_model(model.forward, device)  # generate() calls forward
+encode, decode_bytes = load_tokenizer(meta, where)
+
+if start.startswith('FILE:'):
+    try:
+        with open(start[5:], encoding='utf-8') as f:
+            start = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: cannot read the prompt file {start[5:]}: {e}")
+start_ids = encode(start)
+if not start_ids:
+    raise SystemExit("error: the prompt is empty; give some text with --start=...")
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+
+# generate; a single sample is printed as it is generated
+generated, t0 = 0, time.time()
+with torch.no_grad(), autocast(device, dtype):
+    for k in range(num_samples):
+        tokens = model.generate_tokens(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       kv_cache=kv_cache)
+        if num_samples == 1:
+            text = codecs.getincrementaldecoder('utf-8')(errors='replace')  # BPE tokens can split a character
+            sys.stdout.write(text.decode(decode_bytes(start_ids)))
+            for token in tokens:
+                sys.stdout.write(text.decode(decode_bytes(token[0].tolist())))
+                sys.stdout.flush()
+                generated += 1
+            print(text.decode(b'', final=True))
+        else:
+            new = [token[0].item() for token in tokens]
+            generated += len(new)
+            print(decode_bytes(start_ids + new).decode('utf-8', errors='replace'))
+        print('---------------')
+seconds = time.time() - t0
+print(f"generated {generated} tokens in {seconds:.2f}s ({generated / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)

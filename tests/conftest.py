@@ -1,0 +1,80 @@
+"""Shared fixtures: a throwaway copy of the project to run the real scripts in, the canonical tiny
+Shakespeare text and GPT-2 BPE file from ../shared/data, and a tiny model configuration."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+SHAKESPEARE_TXT = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
+GPT2_BPE = SHARED_DATA / 'gpt2_bpe' / 'gpt2.tiktoken'
+
+# a model small enough that a training iteration takes milliseconds on a CPU
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--dropout=0.0',
+        '--device=cpu', '--compile=False', '--eval_iters=2', '--log_interval=1', '--warmup_iters=5']
+
+ITER_LINE = re.compile(r'^iter (\d+): loss (\d+\.\d{4}), time (\d+\.\d{2})ms, mfu (\d+\.\d{2}%|n/a)$')
+STEP_LINE = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})(, .*)?$')
+
+
+def script_env(**extra):
+    env = dict(os.environ, WANDB_MODE='offline', PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    if GPT2_BPE.exists():
+        env.setdefault('NANOGPT_GPT2_BPE', str(GPT2_BPE))
+    env.update(extra)
+    return env
+
+
+def copy_project(dest):
+    """The project's scripts, configs and prepare scripts (no generated data) under dest."""
+    dest = Path(dest)
+    for path in REPO.glob('*.py'):
+        shutil.copy(path, dest / path.name)
+    shutil.copytree(REPO / 'config', dest / 'config')
+    for path in (REPO / 'data').rglob('*.py'):
+        target = dest / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return dest
+
+
+def run_script(project, *args, env=None, check=True, timeout=600):
+    """Runs python <args> in the project copy; returns the CompletedProcess (stdout and stderr as text)."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=project, env=env or script_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def iter_lines(stdout):
+    return [ITER_LINE.match(line) for line in stdout.splitlines() if line.startswith('iter ')]
+
+
+@pytest.fixture(scope='session')
+def shakespeare_txt():
+    if not SHAKESPEARE_TXT.exists():
+        pytest.skip(f"{SHAKESPEARE_TXT} is not here")
+    return SHAKESPEARE_TXT
+
+
+@pytest.fixture(scope='session')
+def gpt2_bpe():
+    if not GPT2_BPE.exists():
+        pytest.skip(f"{GPT2_BPE} is not here")
+    return GPT2_BPE
+
+
+@pytest.fixture(scope='session')
+def project(tmp_path_factory, shakespeare_txt):
+    """A copy of the project with data/shakespeare_char prepared by its own prepare.py."""
+    dest = copy_project(tmp_path_factory.mktemp('project'))
+    run_script(dest, 'data/shakespeare_char/prepare.py', shakespeare_txt)
+    return dest

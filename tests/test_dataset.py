@@ -1,0 +1,82 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script
+from dataset import char_vocab, get_batch, load_tokenizer, open_split, write_dataset
+
+
+def test_batches_are_windows_shifted_by_one():
+    data = np.arange(1000, dtype=np.uint16)
+    x, y = get_batch(data, 8, 16, (1, 2, 3))
+    assert x.shape == y.shape == (8, 16) and x.dtype == torch.int64
+    assert torch.equal(y[:, :-1], x[:, 1:])
+    assert torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(8, 15, dtype=torch.int64))  # consecutive tokens
+
+
+def test_batches_are_a_function_of_the_seed():
+    data = np.random.default_rng(0).integers(0, 60000, 5000).astype(np.uint16)
+    a, _ = get_batch(data, 4, 8, (1337, 0, 0, 5, 0))
+    b, _ = get_batch(data, 4, 8, (1337, 0, 0, 5, 0))
+    c, _ = get_batch(data, 4, 8, (1337, 0, 0, 5, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_vectorised_gather_equals_a_loop_over_rows():
+    data = np.random.default_rng(0).integers(0, 60000, 5000).astype(np.uint16)
+    x, y = get_batch(data, 6, 10, (7,))
+    starts = np.random.default_rng((7,)).integers(0, len(data) - 10, size=6)
+    expected_x = torch.stack([torch.from_numpy(data[i:i + 10].astype(np.int64)) for i in starts])
+    expected_y = torch.stack([torch.from_numpy(data[i + 1:i + 11].astype(np.int64)) for i in starts])
+    assert torch.equal(x, expected_x) and torch.equal(y, expected_y)
+
+
+def test_write_dataset_picks_the_token_dtype(tmp_path):
+    meta = write_dataset(tmp_path / 'a', [1, 2, 3], [4, 5], {'vocab_size': 100})
+    assert meta['dtype'] == 'uint16' and (tmp_path / 'a' / 'train.bin').stat().st_size == 6
+    meta = write_dataset(tmp_path / 'b', [70000, 2, 3], [4, 5], {'vocab_size': 70001})
+    assert meta['dtype'] == 'uint32' and (tmp_path / 'b' / 'train.bin').stat().st_size == 12
+    with open(tmp_path / 'b' / 'meta.pkl', 'rb') as f:
+        assert pickle.load(f)['dtype'] == 'uint32'
+    data = open_split(str(tmp_path / 'b'), 'train', meta, 2, 70001)
+    assert data.dtype == np.uint32 and int(data[0]) == 70000
+
+
+def test_open_split_errors(tmp_path):
+    write_dataset(tmp_path / 'd', list(range(10)), list(range(5)), {'vocab_size': 8})
+    with pytest.raises(SystemExit, match='no dataset folder'):
+        open_split(str(tmp_path / 'missing'), 'train', {}, 4, 10)
+    with pytest.raises(SystemExit, match=r'val.bin has 5 tokens, it needs more than block_size=5'):
+        open_split(str(tmp_path / 'd'), 'val', {}, 5, 10)
+    with pytest.raises(SystemExit, match=r'token id 9, not below the model.s vocab_size 8'):
+        open_split(str(tmp_path / 'd'), 'train', {}, 4, 8)
+
+
+def test_char_tokenizer_round_trip_and_unknown_characters():
+    stoi, itos = char_vocab("hello world")
+    encode, decode_bytes = load_tokenizer({'stoi': stoi, 'itos': itos, 'vocab_size': len(stoi)})
+    assert decode_bytes(encode("low hello")).decode() == "low hello"
+    with pytest.raises(SystemExit, match=r"not in the vocabulary of this dataset: 'x', 'z'"):
+        encode("hero x z")
+
+
+def test_shakespeare_char_prepare_counts(project):
+    folder = project / 'data' / 'shakespeare_char'
+    with open(folder / 'meta.pkl', 'rb') as f:
+        meta = pickle.load(f)
+    assert meta['vocab_size'] == 65 and len(meta['itos']) == 65 and meta['dtype'] == 'uint16'
+    assert (folder / 'train.bin').stat().st_size == 2 * 1_003_854
+    assert (folder / 'val.bin').stat().st_size == 2 * 111_540
+
+
+def test_prepare_without_file_or_network_is_one_clear_line(tmp_path):
+    from conftest import copy_project
+    copy_project(tmp_path)
+    proc = run_script(tmp_path, 'data/shakespeare_char/prepare.py', check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith('error: could not download') and len(proc.stderr.strip().splitlines()) == 1
+    assert 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'data' / 'shakespeare_char' / 'train.bin').exists()

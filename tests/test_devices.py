@@ -1,0 +1,98 @@
+import pytest
+
+from devices import device_peak_flops, format_mfu, mfu, peak_flops, pick_device, pick_dtype
+
+T = 1e12
+
+
+@pytest.mark.parametrize('name,dtype,expected', [
+    ('NVIDIA A100-SXM4-80GB', 'bfloat16', 312 * T),
+    ('NVIDIA A100-SXM4-40GB', 'float32', 156 * T),
+    ('NVIDIA A100-PCIE-40GB', 'float16', 312 * T),
+    ('NVIDIA A100 80GB PCIe', 'bfloat16', 312 * T),
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4 * T),
+    ('NVIDIA H100 80GB HBM3', 'float32', 494.7 * T),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756.5 * T),
+    ('NVIDIA H100 NVL', 'bfloat16', 835.5 * T),
+    ('NVIDIA H200', 'bfloat16', 989.4 * T),
+    ('NVIDIA H200 NVL', 'bfloat16', 835.5 * T),
+    ('NVIDIA H800', 'bfloat16', 989.4 * T),
+    ('NVIDIA H800 PCIe', 'float16', 756.5 * T),
+    ('NVIDIA H20', 'bfloat16', 148 * T),  # not H200's
+    ('NVIDIA B200', 'bfloat16', 2250 * T),
+    ('NVIDIA GB200', 'bfloat16', 2500 * T),  # not B200's
+    ('NVIDIA L4', 'bfloat16', 121 * T),
+    ('NVIDIA L40', 'bfloat16', 181.05 * T),
+    ('NVIDIA L40S', 'bfloat16', 366 * T),  # not L4's or L40's
+    ('NVIDIA A10', 'bfloat16', 125 * T),
+    ('NVIDIA A10G', 'bfloat16', 70 * T),  # not A10's, and A100 not A10's
+    ('NVIDIA A30', 'float32', 82 * T),
+    ('NVIDIA A40', 'bfloat16', 149.7 * T),
+    ('NVIDIA RTX A6000', 'bfloat16', 154.8 * T),
+    ('Tesla V100-SXM2-16GB', 'float16', 125 * T),
+    ('Tesla V100-PCIE-32GB', 'float16', 112 * T),
+    ('Tesla V100-SXM2-16GB', 'bfloat16', None),
+    ('Tesla V100-SXM2-16GB', 'float32', None),
+    ('Tesla T4', 'float16', 65 * T),
+    ('Tesla T4', 'bfloat16', None),
+    ('NVIDIA GeForce RTX 3060', 'bfloat16', 25.5 * T),
+    ('NVIDIA GeForce RTX 3090', 'bfloat16', 71 * T),
+    ('NVIDIA GeForce RTX 4090', 'bfloat16', 165.2 * T),
+    ('NVIDIA GeForce RTX 5090', 'bfloat16', 209.5 * T),
+    ('NVIDIA GeForce RTX 3060 Ti', 'bfloat16', None),  # another card: unknown rather than wrong
+    ('NVIDIA GeForce RTX 4090 Laptop GPU', 'bfloat16', None),
+    ('Some Future Accelerator 9000', 'bfloat16', None),
+])
+def test_peak_flops_table(name, dtype, expected):
+    assert peak_flops(name, dtype) == expected
+
+
+def test_every_listed_gpu_has_a_16_bit_rate():
+    names = ['NVIDIA A100-SXM4-80GB', 'NVIDIA H100 80GB HBM3', 'NVIDIA H100 PCIe', 'NVIDIA H100 NVL', 'NVIDIA H200',
+             'NVIDIA H800', 'NVIDIA H20', 'NVIDIA B200', 'NVIDIA GB200', 'NVIDIA L4', 'NVIDIA L40', 'NVIDIA L40S',
+             'NVIDIA A10', 'NVIDIA A10G', 'NVIDIA A30', 'NVIDIA A40', 'NVIDIA RTX A6000', 'Tesla V100-SXM2-32GB',
+             'Tesla T4', 'NVIDIA GeForce RTX 3060', 'NVIDIA GeForce RTX 3090', 'NVIDIA GeForce RTX 4090',
+             'NVIDIA GeForce RTX 5090']
+    assert all(peak_flops(n, 'float16') for n in names)
+
+
+def test_peak_flops_override_and_cpu():
+    assert device_peak_flops('cpu', 'float32', 0.0) is None
+    assert device_peak_flops('cpu', 'float32', 1.5e11) == 1.5e11
+
+
+def test_mfu_hand_computed():
+    # GPT-2 124M without biases: 12 layers x 7,079,424 + wte 50304 x 768 (tied with lm_head) + ln_f 768
+    n = 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072 + 2 * 768) + 50304 * 768 + 768
+    assert n == 123_587_328
+    flops_per_token = 6 * n + 12 * 12 * 12 * 64 * 1024  # L=12, H=12, Q=64, T=1024
+    assert flops_per_token == 854_770_176
+    # upstream's H200 figure: batch 12 x 1024 tokens in 26.2 ms against 989 TFLOP/s is 40.5%
+    value = mfu(flops_per_token, 12 * 1024, 0.0262, 989e12)
+    assert value == pytest.approx(854_770_176 * 12288 / 0.0262 / 989e12)
+    assert round(value * 100, 1) == 40.5
+    assert format_mfu(value) == '40.54%' and format_mfu(None) == 'n/a'
+
+
+def test_model_flops_method_agrees_with_the_hand_count():
+    import torch
+    from model import GPT, GPTConfig
+    with torch.device('meta'):
+        model = GPT(GPTConfig(bias=False))
+    assert model.get_num_params() == 123_587_328
+    assert model.flops_per_token(1024) == 854_770_176
+
+
+def test_device_and_dtype_choices_on_this_machine():
+    import torch
+    if not torch.cuda.is_available():
+        assert pick_device('auto') in ('cpu', 'mps')
+        with pytest.raises(SystemExit, match='sees no CUDA GPU'):
+            pick_device('cuda')
+    assert pick_dtype('cpu', 'auto') == 'float32'
+    with pytest.raises(SystemExit, match='unknown device'):
+        pick_device('tpu')
+    with pytest.raises(SystemExit, match='unknown dtype'):
+        pick_dtype('cpu', 'float8')
+    with pytest.raises(SystemExit, match='float16 training needs a GPU'):
+        pick_dtype('cpu', 'float16')

@@ -1,0 +1,421 @@
+"""
+Trains a GPT, on one device or on many through torchrun, from scratch, from a checkpoint, or from
+GPT-2's weights.
+
+One device (defaults: a GPT-2 124M on OpenWebText):
+$ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+
+DDP on 4 GPUs of one node:
+$ torchrun --standalone --nproc_per_node=4 train.py
+DDP on 2 nodes of 8 GPUs (run on each node, node_rank 0 on the master at 123.456.123.456):
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
+(prepend NCCL_IB_DISABLE=1 where the nodes have no InfiniBand)
+
+Log lines: 'iter N: loss X, time Yms, mfu Z%' per log_interval iterations and
+'step N: train loss X, val loss Y, eval Ss' per evaluation; README.md explains each field.
+"""
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+import distributed
+from checkpoint import clean_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from configurator import configure
+from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
+from devices import (autocast, compile_model, device_peak_flops, format_mfu, mfu, pick_device, pick_dtype,
+                     synchronize)
+from lr_schedule import get_lr
+from metrics import append_metrics, metrics_path, trim_metrics
+from model import GPT, GPTConfig
+from train_step import train_step
+
+# -----------------------------------------------------------------------------
+# default config values, designed to train a GPT-2 (124M) on OpenWebText
+# I/O
+out_dir = 'out'  # checkpoints and metrics.jsonl go here
+eval_interval = 2000  # evaluate (and maybe save) every this many iterations
+log_interval = 1  # print an 'iter' line every this many iterations
+eval_iters = 200  # batches per split in each evaluation
+eval_only = False  # if True, exit right after the first evaluation
+always_save_checkpoint = True  # if True, save after each evaluation, not only when val loss improves
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or a Hugging Face GPT-2 directory
+# wandb logging
+wandb_log = False  # log to Weights & Biases (works offline with WANDB_MODE=offline)
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+# data
+dataset = 'openwebtext'  # data/<dataset>/ with train.bin, val.bin (and meta.pkl), or a path to such a folder
+gradient_accumulation_steps = 5 * 8  # micro-steps per iteration, to simulate larger batches
+batch_size = 12  # micro-batch size
+block_size = 1024  # context length
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+bias = False  # bias inside LayerNorm and Linear layers?
+# adamw optimizer
+learning_rate = 6e-4  # max learning rate
+max_iters = 600000  # total number of training iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this norm, or disable with 0.0
+# learning rate decay settings
+decay_lr = True  # cosine decay after a linear warmup
+warmup_iters = 2000  # warmup steps
+lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
+min_lr = 6e-5  # should be ~= learning_rate/10 per Chinchilla
+# distributed
+backend = 'auto'  # 'nccl', 'gloo', or 'auto': nccl on GPUs, gloo on CPUs
+fsdp = False  # shard parameters, gradients and optimizer state with FSDP2 (under torchrun)
+# system
+device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (the latter with a GradScaler)
+compile = True  # torch.compile the model where that works here
+compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
+seed = 1337  # seeds the model init, the batches and dropout
+peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 looks the GPU up in devices.py's table
+# -----------------------------------------------------------------------------
+master_process = int(os.environ.get('RANK', 0)) == 0
+config = configure(globals(), verbose=master_process)  # config file, then --key=value overrides
+# -----------------------------------------------------------------------------
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+# check what can be checked before touching the device, the data or the disk
+for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'eval_iters', 'eval_interval',
+            'log_interval', 'gradient_accumulation_steps'):
+    if not isinstance(config[key], int) or config[key] <= 0:
+        fail(f"{key} must be a positive integer, got {config[key]!r}")
+if max_iters is None or max_iters < 0 or (max_iters == 0 and not eval_only):
+    fail(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
+if init_from == 'scratch' and n_embd % n_head:
+    fail(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+if not 0.0 <= dropout < 1.0:
+    fail(f"dropout must be in [0, 1), got {dropout}")
+if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
+    fail(f"unknown compile_mode {compile_mode!r}; use default, reduce-overhead or max-autotune")
+world_size = int(os.environ.get('WORLD_SIZE', 1))
+if gradient_accumulation_steps % world_size:
+    options = ', '.join(str(world_size * k) for k in range(1, 5))
+    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} processes; "
+         f"use a multiple of {world_size} ({options}, ...)")
+if fsdp and world_size == 1:
+    fail("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
+device = pick_device(device)
+dtype = pick_dtype(device, dtype)
+
+# distributed set-up: each process gets its device; gradient accumulation is shared out among them
+rank, local_rank, world_size, device = distributed.setup(backend, device)
+ddp = world_size > 1
+gradient_accumulation_steps //= world_size
+config.update(device=device, dtype=dtype)
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+
+torch.manual_seed(seed)  # the same initial weights on every rank
+torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
+torch.backends.cudnn.allow_tf32 = True
+device_type = device.split(':')[0]
+ctx = autocast(device, dtype)
+
+# data: vocabulary from meta.pkl where the dataset has one
+data_dir = dataset_dir(dataset)
+meta = load_meta(data_dir)
+meta_vocab_size = meta.get('vocab_size')
+
+# model
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=None, dropout=dropout)
+iter_num = 0
+best_val_loss = 1e9
+last_eval_iter = None
+checkpoint = None
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+if init_from == 'scratch':
+    model_args['vocab_size'] = meta_vocab_size if meta_vocab_size is not None else GPT2_VOCAB_SIZE
+    model = GPT(GPTConfig(**model_args))
+elif init_from == 'resume':
+    checkpoint = load_checkpoint(ckpt_path)
+    # the shape of the model is the checkpoint's; dropout and the rest stay as configured
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+        model_args[k] = checkpoint['model_args'][k]
+    if block_size > model_args['block_size']:
+        fail(f"block_size={block_size} is larger than the checkpoint's {model_args['block_size']}; "
+             f"resume with block_size <= {model_args['block_size']}")
+    model = GPT(GPTConfig(**model_args))
+    try:
+        model.load_state_dict(clean_state_dict(checkpoint['model']))
+    except RuntimeError as e:
+        fail(f"{ckpt_path} does not match its own model_args: {str(e).splitlines()[0]}")
+    iter_num = int(checkpoint['iter_num'])
+    best_val_loss = float(checkpoint['best_val_loss'])
+    last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
+    if 'rng' in checkpoint:
+        set_rng_state(checkpoint['rng'])
+elif init_from.startswith('gpt2') or os.path.isdir(init_from):
+    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+        model_args[k] = getattr(model.config, k)
+else:
+    fail(f"init_from={init_from!r}: use 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, "
+         f"gpt2-xl) or a directory with config.json and model.safetensors")
+if block_size < model.config.block_size:
+    model.crop_block_size(block_size)  # e.g. GPT-2's 1024 down to a smaller context
+    model_args['block_size'] = block_size
+vocab_size = model_args['vocab_size']
+train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
+val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
+raw_model = model  # the plain GPT: its state_dict has clean names
+model.to(device)
+flops_per_token = raw_model.flops_per_token(block_size)
+peak = device_peak_flops(device, dtype, peak_flops)
+if master_process:
+    print(f"number of parameters: {raw_model.get_num_params() / 1e6:.2f}M")
+    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    if peak is None:
+        print(f"warning: no peak FLOP/s known for this device ({device}, {dtype}), so MFU shows as n/a; "
+              f"set --peak_flops=FLOPS (per device) to measure against your hardware's peak")
+
+# optimizer (after sharding, so that under FSDP it holds the shards), and a GradScaler that is
+# active only for float16
+if fsdp:
+    model = distributed.shard(model)
+optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
+                                           verbose=master_process)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+if checkpoint is not None:
+    if fsdp:
+        distributed.load_full_state(model, optimizer, clean_state_dict(checkpoint['model']), checkpoint['optimizer'])
+    else:
+        optimizer.load_state_dict(checkpoint['optimizer'])
+    if checkpoint.get('scaler'):
+        scaler.load_state_dict(checkpoint['scaler'])
+checkpoint = None  # free the memory
+
+if compile:
+    if master_process:
+        print("compiling the model... (takes a ~minute)")
+    model = compile_model(model, device, None if compile_mode == 'default' else compile_mode)
+if ddp and not fsdp:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+
+# seeds: a batch is a function of (seed, purpose, rank, iteration, micro-step), dropout of (seed, rank,
+# iteration), so a resumed run continues exactly as the run that never stopped
+TRAIN, EVAL, DROPOUT = 0, 1, 2
+
+
+def train_batch(it, micro_step):
+    return get_batch(train_data, batch_size, block_size, (seed, TRAIN, rank, it, micro_step), vocab_size, device)
+
+
+def next_micro_step(it, micro_step):
+    """(iteration, micro-step) that follows micro_step of iteration it."""
+    return (it + 1, 0) if micro_step == gradient_accumulation_steps - 1 else (it, micro_step + 1)
+
+
+def set_grad_sync(flag):
+    """Gradients are synchronised across ranks on the last micro-step only."""
+    if fsdp:
+        model.set_requires_gradient_sync(flag)
+    elif ddp:
+        model.require_backward_grad_sync = flag
+
+
+def seed_dropout(it):
+    torch.manual_seed(int(np.random.SeedSequence((seed, DROPOUT, rank, it)).generate_state(1)[0]))
+
+
+@torch.no_grad()
+def estimate_loss(it):
+    """Mean loss over eval_iters batches of each split. The batches are shared out among the ranks
+    (every rank works) and the sums are all-reduced."""
+    out = {}
+    model.eval()
+    n_local = -(-eval_iters // world_size)  # equal counts on every rank, as FSDP's collectives need
+    for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
+        total = torch.zeros(2, device=device)
+        for i in range(n_local):
+            k = rank + i * world_size
+            X, Y = get_batch(data, batch_size, block_size, (seed, EVAL, it, s, k), vocab_size, device)
+            with ctx:
+                _, loss = model(X, Y)
+            total += torch.stack((loss.float(), torch.ones((), device=device)))
+        loss_sum, count = distributed.all_reduce_sum(total).tolist()
+        out[split] = loss_sum / count
+    model.train()
+    return out
+
+
+def model_and_optimizer_state():
+    if fsdp:
+        return distributed.full_state(model, optimizer)
+    return raw_model.state_dict(), optimizer.state_dict()
+
+
+def write_checkpoint(evaluated_at):
+    """Collective under FSDP (the shards are gathered); rank 0 writes."""
+    t0 = time.time()
+    model_sd, optim_sd = model_and_optimizer_state()
+    if master_process:
+        save_checkpoint(ckpt_path, {
+            'model': model_sd,
+            'optimizer': optim_sd,
+            'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+            'model_args': model_args,
+            'iter_num': iter_num,
+            'best_val_loss': best_val_loss,
+            'last_eval_iter': evaluated_at,
+            'config': config,
+            'rng': rng_state(),
+        })
+    return time.time() - t0
+
+
+# stopping on request: the first Ctrl-C or SIGTERM finishes the iteration and writes a checkpoint,
+# a second Ctrl-C exits at once
+stop_signal = None
+
+
+def request_stop(signum, frame):
+    global stop_signal
+    if stop_signal is not None and signum == signal.SIGINT:
+        raise SystemExit("interrupted again: exiting now, without a checkpoint")
+    stop_signal = signum
+    if master_process:
+        print(f"\n{signal.Signals(signum).name} received: finishing this iteration, then saving a checkpoint "
+              f"(Ctrl-C again to quit at once)", flush=True)
+
+
+signal.signal(signal.SIGINT, request_stop)
+signal.signal(signal.SIGTERM, request_stop)
+
+# metrics file and wandb: the resumed run's rows replace those of iterations it repeats
+metrics_file = metrics_path(out_dir)
+skip_eval_at = last_eval_iter if (last_eval_iter == iter_num and not eval_only) else None
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    if init_from == 'resume':
+        trim_metrics(metrics_file, iter_num, keep_eval_at_resume=skip_eval_at is not None)
+    else:
+        open(metrics_file, 'w').close()
+if wandb_log and master_process:
+    import wandb
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+
+def record(row, wandb_row):
+    if master_process:
+        append_metrics(metrics_file, row)
+        if wandb_log:
+            wandb.log(wandb_row, step=row['iter'])
+
+
+# training loop
+if iter_num >= max_iters and not eval_only and master_process:
+    print(f"the checkpoint is at iteration {iter_num}, max_iters={max_iters}: nothing to train; raise max_iters to go on")
+X, Y = train_batch(iter_num, 0)
+local_iter_num = 0  # iterations of this process's lifetime
+running_mfu = -1.0
+pending = []  # (iter, lr, loss, grad norm) on the device since the last check; read at log points
+t0 = time.time()
+iters_since_t0 = 0
+
+
+def check_pending():
+    """Reads the losses and gradient norms queued since the last check (one host-device sync), stops
+    the run at the first non-finite one, and returns the last iteration's loss (mean over micro-steps
+    and ranks) and whether any rank was asked to stop."""
+    stats = torch.stack([torch.stack((loss, norm)) for _, _, loss, norm in pending])
+    stop_flag = torch.tensor([[float(stop_signal is not None), 0.0]], device=device)
+    stats = distributed.all_reduce_sum(torch.cat((stats, stop_flag))) / world_size
+    values = stats.tolist()
+    for (it, lr_it, _, _), (loss_it, norm_it) in zip(pending, values):
+        if not (np.isfinite(loss_it) and np.isfinite(norm_it)):
+            norm_text = 'n/a (grad_clip=0)' if grad_clip == 0.0 else f"{norm_it:.4g}"
+            fail(f"iter {it}: the loss is {loss_it:.4g}, the gradient norm {norm_text} at learning rate {lr_it:.3g}; "
+                 f"training stopped and {ckpt_path} is left as it was. Try a lower learning_rate, grad_clip=1.0, "
+                 f"or dtype=float32/bfloat16")
+    pending.clear()
+    return values[-2][0], values[-1][0] > 0
+
+
+while True:
+    lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    # evaluate, and save a checkpoint, every eval_interval iterations and at the end
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:
+        if pending:
+            check_pending()  # never save a checkpoint of a diverged model
+        t_eval = time.time()
+        losses = estimate_loss(iter_num)
+        eval_s = time.time() - t_eval
+        if not (np.isfinite(losses['train']) and np.isfinite(losses['val'])):
+            fail(f"step {iter_num}: evaluation loss is not finite (train {losses['train']}, val {losses['val']}); "
+                 f"{ckpt_path} is left as it was. Try a lower learning_rate, grad_clip=1.0, or dtype=float32/bfloat16")
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, eval {eval_s:.2f}s")
+        record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval_s': eval_s, 'lr': lr},
+               {'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr,
+                'mfu': max(running_mfu, 0.0) * 100})
+        if iter_num > 0 and not eval_only and (improved or always_save_checkpoint):
+            save_s = write_checkpoint(evaluated_at=iter_num)
+            if master_process:
+                print(f"saved checkpoint to {ckpt_path} ({save_s:.2f}s)")
+        last_eval_iter = iter_num
+        t0, iters_since_t0 = time.time(), 0  # evaluation and saving stay out of the iteration times
+    if eval_only or iter_num >= max_iters:
+        break
+
+    # forward, backward, update; the next batch is fetched while the device computes
+    seed_dropout(iter_num)
+    X, Y, loss_sum, grad_norm = train_step(
+        model, optimizer, scaler, ctx, X, Y,
+        lambda micro_step: train_batch(*next_micro_step(iter_num, micro_step)),
+        gradient_accumulation_steps, grad_clip, set_grad_sync)
+    pending.append((iter_num, lr, loss_sum, grad_norm))
+
+    iter_num += 1
+    local_iter_num += 1
+    iters_since_t0 += 1
+    # under DDP a stop request is agreed on at log points, where the ranks meet anyway
+    if (iter_num - 1) % log_interval == 0 or (stop_signal is not None and not ddp):
+        lossf, stop = check_pending()  # waits for the device, so the clock below is honest
+        t1 = time.time()
+        dt = (t1 - t0) / iters_since_t0
+        t0, iters_since_t0 = t1, 0
+        mfu_text = 'n/a'
+        if peak is not None and local_iter_num > 5:  # let the loop settle first
+            step_mfu = mfu(flops_per_token, tokens_per_iter / world_size, dt, peak)
+            running_mfu = step_mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * step_mfu
+            mfu_text = format_mfu(running_mfu)
+        if master_process:
+            print(f"iter {iter_num - 1}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
+        record({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'time_ms': dt * 1000,
+                'mfu': running_mfu if running_mfu >= 0 else None, 'tokens': iter_num * tokens_per_iter},
+               {'iter': iter_num - 1, 'iter/loss': lossf, 'iter/lr': lr, 'iter/time_ms': dt * 1000,
+                'iter/mfu': running_mfu * 100 if running_mfu >= 0 else None})
+        if stop:
+            save_s = write_checkpoint(evaluated_at=last_eval_iter if last_eval_iter is not None else -1)
+            if master_process:
+                print(f"saved checkpoint at iteration {iter_num} to {ckpt_path} ({save_s:.2f}s); to resume, run the "
+                      f"same command with --init_from=resume", flush=True)
+            distributed.teardown()
+            sys.exit(128 + (stop_signal or signal.SIGTERM))
+
+if wandb_log and master_process:
+    wandb.finish()
+distributed.teardown()

@@ -65,6 +65,8 @@ def full_state(model, optimizer):
     options = _state_dict_options(cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
     named = get_optimizer_state_dict(model, optimizer, options=options)
+    if not named:  # ranks other than 0 get nothing back
+        return model_sd, named
     names = _param_names(model, optimizer)
     index = {n: i for i, n in enumerate(names)}
     optim_sd = {

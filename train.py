@@ -209,30 +209,36 @@ if ddp and not fsdp:
     from torch.nn.parallel import DistributedDataParallel as DDP
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-# seeds: a batch is a function of (seed, purpose, rank, iteration, micro-step), dropout of (seed, rank,
-# iteration), so a resumed run continues exactly as the run that never stopped
+# seeds: every batch and every dropout mask is a function of (seed, iteration, micro-step), so a resumed
+# run continues exactly as the run that never stopped. Micro-steps are numbered across the ranks (rank r
+# takes a contiguous range), so N processes draw the batches one process with N times the
+# gradient accumulation would draw.
 TRAIN, EVAL, DROPOUT = 0, 1, 2
 
 
+def global_micro_step(micro_step):
+    return rank * gradient_accumulation_steps + micro_step
+
+
 def train_batch(it, micro_step):
-    return get_batch(train_data, batch_size, block_size, (seed, TRAIN, rank, it, micro_step), vocab_size, device)
+    return get_batch(train_data, batch_size, block_size, (seed, TRAIN, it, global_micro_step(micro_step)),
+                     vocab_size, device)
 
 
-def next_micro_step(it, micro_step):
-    """(iteration, micro-step) that follows micro_step of iteration it."""
-    return (it + 1, 0) if micro_step == gradient_accumulation_steps - 1 else (it, micro_step + 1)
+def next_batch(it, micro_step):
+    """The batch after micro_step of iteration it: the next micro-step's, or the next iteration's first."""
+    if micro_step == gradient_accumulation_steps - 1:
+        return train_batch(it + 1, 0)
+    return train_batch(it, micro_step + 1)
 
 
-def set_grad_sync(flag):
-    """Gradients are synchronised across ranks on the last micro-step only."""
+def start_micro_step(it, micro_step):
+    torch.manual_seed(int(np.random.SeedSequence((seed, DROPOUT, it, global_micro_step(micro_step))).generate_state(1)[0]))
+    sync = micro_step == gradient_accumulation_steps - 1  # gradients cross ranks on the last micro-step only
     if fsdp:
-        model.set_requires_gradient_sync(flag)
+        model.set_requires_gradient_sync(sync)
     elif ddp:
-        model.require_backward_grad_sync = flag
-
-
-def seed_dropout(it):
-    torch.manual_seed(int(np.random.SeedSequence((seed, DROPOUT, rank, it)).generate_state(1)[0]))
+        model.require_backward_grad_sync = sync
 
 
 @torch.no_grad()
@@ -381,11 +387,9 @@ while True:
         break
 
     # forward, backward, update; the next batch is fetched while the device computes
-    seed_dropout(iter_num)
     X, Y, loss_sum, grad_norm = train_step(
-        model, optimizer, scaler, ctx, X, Y,
-        lambda micro_step: train_batch(*next_micro_step(iter_num, micro_step)),
-        gradient_accumulation_steps, grad_clip, set_grad_sync)
+        model, optimizer, scaler, ctx, X, Y, lambda micro_step: next_batch(iter_num, micro_step),
+        gradient_accumulation_steps, grad_clip, lambda micro_step: start_micro_step(iter_num, micro_step))
     pending.append((iter_num, lr, loss_sum, grad_norm))
 
     iter_num += 1

@@ -5,19 +5,20 @@ import torch
 
 
 def train_step(model, optimizer, scaler, ctx, X, Y, next_batch, gradient_accumulation_steps, grad_clip,
-               set_grad_sync=None):
+               start_micro_step=None):
     """Forward and backward over gradient_accumulation_steps micro-batches, starting with (X, Y), then
     gradient clipping and the optimizer step. next_batch(micro_step) gives the batch after micro_step's
     (after the last one: the next step's first); it is called right after each forward, so that a GPU
-    computes while the host fetches. set_grad_sync(flag), under DDP or FSDP, turns gradient
-    synchronisation on for the last micro-step only.
+    computes while the host fetches. start_micro_step(micro_step), where given, runs before each
+    forward (train.py seeds dropout there and, under DDP or FSDP, turns gradient synchronisation on
+    for the last micro-step only).
     Returns the next (X, Y), the loss averaged over the micro-steps and the gradient norm before
     clipping (zero when grad_clip is 0), both as tensors on the device: reading them waits for the
     device, so the caller does that only where it prints."""
     loss_sum = None
     for micro_step in range(gradient_accumulation_steps):
-        if set_grad_sync is not None:
-            set_grad_sync(micro_step == gradient_accumulation_steps - 1)
+        if start_micro_step is not None:
+            start_micro_step(micro_step)
         with ctx:
             _, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps

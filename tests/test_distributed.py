@@ -1,0 +1,83 @@
+"""DDP and FSDP through torchrun on CPU with gloo: two processes, tiny models."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, iter_lines, run_script, script_env
+
+TRAIN_ARGS = ['config/train_shakespeare_char.py', *TINY, '--always_save_checkpoint=True', '--warmup_iters=2',
+              '--learning_rate=1e-2']
+
+
+def torchrun(project, *args, check=True):
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           *map(str, args)], cwd=project, env=script_env(), capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun {args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def weights(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_ddp_run_logs_once_keeps_ranks_identical_and_resumes_on_one_process(project, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copy(REPO / 'tests' / 'train_and_dump_weights.py', project / 'train_and_dump_weights.py')
+    proc = torchrun(project, 'train_and_dump_weights.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=6',
+                    '--eval_interval=3', '--gradient_accumulation_steps=2')
+    assert proc.stdout.count('iter 0:') == 1 and proc.stdout.count('step 6:') == 1  # rank 0 alone prints
+    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == list(range(6))
+    assert 'tokens per iteration will be: 256' in proc.stdout  # 2 ranks x 1 micro-step x 4 x 32
+    rank0, rank1 = weights(out / 'rank0.pt'), weights(out / 'rank1.pt')
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    ckpt = weights(out / 'ckpt.pt')
+    assert ckpt['iter_num'] == 6 and all(torch.equal(ckpt['model'][k], rank0[k]) for k in rank0)
+    proc = run_script(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=8', '--eval_interval=3',
+                      '--gradient_accumulation_steps=2', '--init_from=resume')
+    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [6, 7]
+
+
+def test_one_ddp_step_equals_one_step_with_two_micro_steps(project, tmp_path):
+    """Two ranks with one micro-step each draw the two batches that one process with two micro-steps
+    draws, so after one iteration the weights agree to float32 rounding."""
+    common = [*TRAIN_ARGS, '--max_iters=1', '--eval_interval=1', '--gradient_accumulation_steps=2']
+    torchrun(project, 'train.py', *common, f'--out_dir={tmp_path}/ddp')
+    run_script(project, 'train.py', *common, f'--out_dir={tmp_path}/single')
+    ddp, single = weights(tmp_path / 'ddp' / 'ckpt.pt'), weights(tmp_path / 'single' / 'ckpt.pt')
+    assert ddp['iter_num'] == single['iter_num'] == 1
+    for k, v in single['model'].items():
+        torch.testing.assert_close(ddp['model'][k], v, atol=1e-6, rtol=1e-5)
+    # the step did move the weights away from their initial values (train.py seeds 1337 before the init)
+    from model import GPT, GPTConfig
+    torch.manual_seed(1337)
+    initial = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32, bias=False)).state_dict()
+    assert (single['model']['transformer.h.0.mlp.c_fc.weight'] - initial['transformer.h.0.mlp.c_fc.weight']).abs().max() > 1e-3
+
+
+def test_non_dividing_gradient_accumulation_is_one_clear_line(project, tmp_path):
+    proc = torchrun(project, 'train.py', *TRAIN_ARGS, f'--out_dir={tmp_path}/out', '--gradient_accumulation_steps=3',
+                    check=False)
+    assert proc.returncode != 0
+    assert ('error: gradient_accumulation_steps=3 does not divide among 2 processes; use a multiple of 2 (2, 4, 6'
+            in proc.stderr)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_fsdp_checkpoint_resumes_on_one_process_and_samples(project, tmp_path):
+    out = tmp_path / 'out'
+    proc = torchrun(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=4', '--eval_interval=2',
+                    '--gradient_accumulation_steps=2', '--fsdp=True')
+    assert proc.stdout.count('iter 0:') == 1
+    ckpt = weights(out / 'ckpt.pt')
+    assert ckpt['iter_num'] == 4 and not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
+    assert sorted(ckpt['optimizer']['state']) == list(range(len(ckpt['optimizer']['state'])))  # upstream's format
+    proc = run_script(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=6', '--eval_interval=2',
+                      '--gradient_accumulation_steps=2', '--init_from=resume')
+    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [4, 5]
+    proc = run_script(project, 'sample.py', f'--out_dir={out}', '--num_samples=1', '--max_new_tokens=20', '--device=cpu')
+    assert len(proc.stdout.split('---------------')[0].splitlines()[-1]) > 0

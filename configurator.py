@@ -27,8 +27,9 @@ TRUE_WORDS, FALSE_WORDS = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0'
 
 
 def config_keys(g):
-    """The config of a script: its public globals of plain types, in order of definition."""
-    return {k: v for k, v in g.items() if not k.startswith('_') and isinstance(v, CONFIG_TYPES)}
+    """The config of a script: its public globals of plain types, in order of definition, except
+    UPPER_CASE constants (which scripts import, such as GPT2_VOCAB_SIZE)."""
+    return {k: v for k, v in g.items() if not k.startswith('_') and not k.isupper() and isinstance(v, CONFIG_TYPES)}
 
 
 def closest(key, known):

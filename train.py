@@ -82,8 +82,7 @@ compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CU
 seed = 1337  # seeds the model init, the batches and dropout
 peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 looks the GPU up in devices.py's table
 # -----------------------------------------------------------------------------
-master_process = int(os.environ.get('RANK', 0)) == 0
-config = configure(globals(), verbose=master_process)  # config file, then --key=value overrides
+config = configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)  # config file, then --key=value overrides
 # -----------------------------------------------------------------------------
 
 
@@ -116,6 +115,7 @@ dtype = pick_dtype(device, dtype)
 
 # distributed set-up: each process gets its device; gradient accumulation is shared out among them
 rank, local_rank, world_size, device = distributed.setup(backend, device)
+master_process = rank == 0  # logs, evaluates into the log, writes checkpoints
 ddp = world_size > 1
 gradient_accumulation_steps //= world_size
 config.update(device=device, dtype=dtype)
@@ -315,7 +315,10 @@ if master_process:
     else:
         open(metrics_file, 'w').close()
 if wandb_log and master_process:
-    import wandb
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True needs wandb: pip install wandb")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 

@@ -1,0 +1,71 @@
+"""
+Plots a training run from out_dir/metrics.jsonl: losses, learning rate and MFU against iteration.
+$ python plot.py --out_dir=out-shakespeare-char
+$ python plot.py --out_dir=out --output=run.png
+"""
+
+import os
+
+from configurator import configure
+from metrics import metrics_path, read_metrics
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # the training run's out_dir, with its metrics.jsonl
+output = ''  # where to write the picture; '' means out_dir/loss.png
+# -----------------------------------------------------------------------------
+configure(globals())
+output = output or os.path.join(out_dir, 'loss.png')
+
+try:
+    import matplotlib
+    matplotlib.use('Agg')  # draw into a file, no display needed
+    import matplotlib.pyplot as plt
+except ImportError:
+    raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib")
+
+path = metrics_path(out_dir)
+try:
+    rows = read_metrics(path)
+except FileNotFoundError:
+    raise SystemExit(f"error: no metrics at {path}; train with --out_dir={out_dir} first")
+except (OSError, UnicodeDecodeError) as e:
+    raise SystemExit(f"error: cannot read {path}: {e}")
+if not rows:
+    raise SystemExit(f"error: {path} has no rows yet; plot once training has logged an iteration")
+
+# a row per logged iteration has 'loss', a row per evaluation has 'val_loss'; both have 'lr'
+iter_rows = [r for r in rows if 'loss' in r]
+eval_rows = [r for r in rows if 'val_loss' in r]
+lr_rows = sorted((r for r in rows if r.get('lr') is not None), key=lambda r: r['iter'])
+mfu_rows = [r for r in iter_rows if r.get('mfu') is not None]  # None until the loop settles, or no peak known
+
+fig, (ax_loss, ax_lr, ax_mfu) = plt.subplots(3, 1, sharex=True, figsize=(8, 8),
+                                            gridspec_kw={'height_ratios': (3, 1, 1)})
+ax_loss.plot([r['iter'] for r in iter_rows], [r['loss'] for r in iter_rows],
+             linewidth=0.8, alpha=0.4, color='gray', label='batch loss')
+ax_loss.plot([r['iter'] for r in eval_rows], [r['train_loss'] for r in eval_rows], 'o-', label='train loss')
+ax_loss.plot([r['iter'] for r in eval_rows], [r['val_loss'] for r in eval_rows], 's-', label='val loss')
+ax_loss.set_ylabel('loss')
+ax_loss.legend()
+ax_loss.grid(alpha=0.3)
+ax_loss.set_title(out_dir)
+
+ax_lr.plot([r['iter'] for r in lr_rows], [r['lr'] for r in lr_rows])
+ax_lr.set_ylabel('learning rate')
+ax_lr.grid(alpha=0.3)
+
+if mfu_rows:
+    ax_mfu.plot([r['iter'] for r in mfu_rows], [r['mfu'] * 100 for r in mfu_rows])  # stored as a fraction
+else:
+    ax_mfu.text(0.5, 0.5, 'MFU n/a', ha='center', va='center', transform=ax_mfu.transAxes)
+    ax_mfu.set_yticks([])
+ax_mfu.set_ylabel('MFU %')
+ax_mfu.set_xlabel('iteration')
+ax_mfu.grid(alpha=0.3)
+
+fig.tight_layout()
+try:
+    fig.savefig(output)
+except (OSError, ValueError) as e:  # ValueError: an extension matplotlib cannot write
+    raise SystemExit(f"error: cannot write {output}: {e}")
+print(output)

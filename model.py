@@ -223,13 +223,18 @@ class GPT(nn.Module):
             for path in (config_path, weights_path):
                 if not os.path.isfile(path):
                     raise SystemExit(f"error: {name_or_path} is not a Hugging Face GPT-2 directory: {os.path.basename(path)} is missing")
-            with open(config_path) as f:
-                hf = json.load(f)
+            try:
+                with open(config_path) as f:
+                    hf = json.load(f)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"error: cannot read {config_path}: {e}")
             try:
                 config_args = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
                                    block_size=hf['n_positions'], vocab_size=hf['vocab_size'])
             except KeyError as e:
                 raise SystemExit(f"error: {config_path} lacks {e.args[0]}, which a GPT-2 config.json has")
+            if config_args['n_embd'] % config_args['n_head']:
+                raise SystemExit(f"error: {config_path} has n_embd={hf['n_embd']} not divisible by n_head={hf['n_head']}")
         elif name_or_path in PRETRAINED_SIZES:
             weights_path = download_gpt2(name_or_path)
             config_args = dict(PRETRAINED_SIZES[name_or_path], block_size=1024, vocab_size=50257)
@@ -337,7 +342,7 @@ def hf_to_nanogpt(hf_sd, sd):
         name = k if k.startswith('transformer.') or k.startswith('lm_head.') else 'transformer.' + k
         if name not in sd:
             raise SystemExit(f"error: unexpected tensor {k} in the pretrained weights")
-        if name.endswith(CONV1D_WEIGHTS):
+        if name.endswith(CONV1D_WEIGHTS) and v.dim() == 2:  # other shapes fail the check below
             v = v.t()
         if v.shape != sd[name].shape:
             raise SystemExit(f"error: pretrained tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(sd[name].shape)}")

@@ -1,0 +1,116 @@
+"""
+Writes a trained checkpoint (out_dir/ckpt.pt) as a Hugging Face GPT-2 directory: config.json and
+model.safetensors, which transformers' GPT2LMHeadModel.from_pretrained(dir) loads as the same
+function, and which this toolkit reads back with init_from=dir.
+$ python export_hf.py --out_dir=out-shakespeare-char
+$ python export_hf.py --out_dir=out --export_dir=my-gpt2
+
+No tokenizer files are written: a model trained on GPT-2 BPE data uses GPT-2's tokenizer, a
+character-level one needs the stoi/itos of its dataset's meta.pkl.
+"""
+
+import json
+import os
+from dataclasses import fields
+
+import torch
+
+from checkpoint import clean_state_dict, load_checkpoint
+from configurator import configure
+from model import CONV1D_WEIGHTS, GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
+export_dir = ''  # where config.json and model.safetensors go; empty: out_dir/hf
+# -----------------------------------------------------------------------------
+configure(globals())
+export_dir = export_dir or os.path.join(out_dir, 'hf')
+
+try:
+    from safetensors.torch import save_file
+except ImportError:
+    raise SystemExit("error: export_hf.py needs safetensors: pip install safetensors")
+
+# the model, rebuilt from the checkpoint: loading it checks every name and shape
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+checkpoint = load_checkpoint(ckpt_path)
+known = {f.name for f in fields(GPTConfig)}
+model_args = {k: v for k, v in checkpoint['model_args'].items() if k in known}
+config = GPTConfig(**model_args)
+if config.n_embd % config.n_head:
+    raise SystemExit(f"error: {ckpt_path} has n_embd={config.n_embd} not divisible by n_head={config.n_head}")
+model = GPT(config)
+try:
+    model.load_state_dict(clean_state_dict(checkpoint['model']))
+except RuntimeError as e:
+    raise SystemExit(f"error: {ckpt_path} does not match its own model_args: {str(e).splitlines()[0]}")
+checkpoint = None  # free the memory
+
+# tensors under Hugging Face's names, which are ours. lm_head.weight is left out: GPT-2 ties it to
+# wte.weight, and transformers writes and reads it that way. Each tensor is a contiguous copy of its
+# own, since safetensors refuses tensors that share memory.
+tensors = {}
+for name, tensor in model.state_dict().items():
+    if name == 'lm_head.weight':
+        continue
+    if name.endswith(CONV1D_WEIGHTS):
+        tensor = tensor.t()  # nn.Linear's (out, in) -> Conv1D's (in, out)
+    tensors[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
+
+# Hugging Face GPT-2 always has biases; a bias=False model gets zero ones, which compute the same.
+# A bias has the size of its layer's output: the last dimension of a LayerNorm or Conv1D weight.
+for name in list(tensors):
+    if name.endswith('.weight') and name not in ('transformer.wte.weight', 'transformer.wpe.weight'):
+        zeros = torch.zeros(tensors[name].shape[-1], dtype=tensors[name].dtype)
+        tensors.setdefault(name[:-len('weight')] + 'bias', zeros)
+
+hf_config = {
+    'architectures': ['GPT2LMHeadModel'],
+    'model_type': 'gpt2',
+    'vocab_size': config.vocab_size,
+    'n_positions': config.block_size,
+    'n_embd': config.n_embd,
+    'n_layer': config.n_layer,
+    'n_head': config.n_head,
+    'n_inner': None,  # 4 * n_embd, as ours
+    'activation_function': 'gelu',  # our MLP's exact nn.GELU(); GPT-2's default gelu_new is the tanh approximation
+    'layer_norm_epsilon': 1e-5,  # as our LayerNorm
+    'resid_pdrop': config.dropout,
+    'embd_pdrop': config.dropout,
+    'attn_pdrop': config.dropout,
+    'initializer_range': 0.02,
+    'scale_attn_weights': True,  # 1/sqrt(head size), as ours
+    'scale_attn_by_inverse_layer_idx': False,
+    'reorder_and_upcast_attn': False,
+    'tie_word_embeddings': True,
+    # GPT-2's <|endoftext|>, only where the vocabulary holds it (not in a character-level one)
+    'bos_token_id': 50256 if config.vocab_size > 50256 else None,
+    'eos_token_id': 50256 if config.vocab_size > 50256 else None,
+}
+
+# each file goes to a temporary name first, then is renamed into place, so an interrupted export
+# leaves no half-written file behind
+try:
+    os.makedirs(export_dir, exist_ok=True)
+except OSError as e:
+    raise SystemExit(f"error: cannot create {export_dir}: {e}")
+weights_path = os.path.join(export_dir, 'model.safetensors')
+config_path = os.path.join(export_dir, 'config.json')
+for path in (weights_path, config_path):
+    tmp = path + '.tmp'
+    try:
+        if path == weights_path:
+            save_file(tensors, tmp, metadata={'format': 'pt'})  # transformers wants to know the framework
+        else:
+            with open(tmp, 'w') as f:
+                json.dump(hf_config, f, indent=2)
+                f.write('\n')
+        os.replace(tmp, path)
+    except Exception as e:  # OSError, or safetensors' own error for a full disk
+        raise SystemExit(f"error: cannot write {path}: {e}")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+print(f"wrote {config_path} and {weights_path} ({model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters, "
+      f"vocab_size {config.vocab_size}, block_size {config.block_size})")
+print(f"load with transformers' GPT2LMHeadModel.from_pretrained({export_dir!r}), or here with --init_from={export_dir}")

@@ -161,3 +161,15 @@ def test_top_k_and_greedy():
     torch.manual_seed(0)
     draws = torch.cat([sample_next_token(logits, 1.0, 2) for _ in range(500)])
     assert set(draws.flatten().tolist()) == {1, 2}
+
+
+def test_cpu_bfloat16_autocast_runs_attention_in_float32_and_stays_close():
+    model = tiny()
+    idx = torch.randint(50, (2, 16))
+    expected, _ = model(idx, idx)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+        loss.backward()
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), expected, atol=0.05, rtol=0.05)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

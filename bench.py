@@ -14,7 +14,7 @@ import torch
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from devices import (autocast, compile_model, device_peak_flops, format_mfu, mfu, pick_device, pick_dtype,
-                     synchronize)
+                     select_sdpa_backend, synchronize)
 from model import GPT, GPTConfig
 from train_step import train_step
 
@@ -35,6 +35,7 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model
 compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
+sdpa_backend = 'auto'  # attention kernels on CUDA: 'auto', 'flash', 'cudnn', 'efficient' or 'math'
 peak_flops = 0.0  # peak FLOP/s of the device for MFU; 0 looks the GPU up in devices.py's table
 burnin = 10  # untimed steps first (compilation, allocator warm-up)
 num_steps = 20  # timed steps
@@ -49,6 +50,7 @@ if n_embd % n_head:
     raise SystemExit(f"error: n_embd={n_embd} is not divisible by n_head={n_head}")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
+select_sdpa_backend(sdpa_backend)
 torch.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True

@@ -152,6 +152,23 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device.split(':')[0], dtype=DTYPES[dtype])
 
 
+SDPA_BACKENDS = ('auto', 'flash', 'cudnn', 'efficient', 'math')
+
+
+def select_sdpa_backend(name):
+    """Restricts torch's scaled_dot_product_attention to one CUDA kernel family ('flash', 'cudnn',
+    'efficient', 'math'), for measuring which is fastest; 'auto' leaves torch's choice."""
+    if name not in SDPA_BACKENDS:
+        raise SystemExit(f"error: unknown sdpa_backend {name!r}; use one of {', '.join(SDPA_BACKENDS)}")
+    if name == 'auto':
+        return
+    torch.backends.cuda.enable_flash_sdp(name == 'flash')
+    torch.backends.cuda.enable_mem_efficient_sdp(name == 'efficient')
+    torch.backends.cuda.enable_math_sdp(name == 'math')
+    if hasattr(torch.backends.cuda, 'enable_cudnn_sdp'):
+        torch.backends.cuda.enable_cudnn_sdp(name == 'cudnn')
+
+
 def synchronize(device):
     """Wait for the device's queued work, so a clock read afterwards measures it."""
     kind = device.split(':')[0]

@@ -28,7 +28,7 @@ from checkpoint import clean_state_dict, load_checkpoint, rng_state, save_checkp
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from devices import (autocast, compile_model, device_peak_flops, format_mfu, mfu, pick_device, pick_dtype,
-                     synchronize)
+                     select_sdpa_backend)
 from lr_schedule import get_lr
 from metrics import append_metrics, metrics_path, trim_metrics
 from model import GPT, GPTConfig
@@ -79,6 +79,7 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:0', '
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (the latter with a GradScaler)
 compile = True  # torch.compile the model where that works here
 compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
+sdpa_backend = 'auto'  # attention kernels on CUDA: 'auto', 'flash', 'cudnn', 'efficient' or 'math'
 seed = 1337  # seeds the model init, the batches and dropout
 peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 looks the GPU up in devices.py's table
 # -----------------------------------------------------------------------------
@@ -112,6 +113,7 @@ if fsdp and world_size == 1:
     fail("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
+select_sdpa_backend(sdpa_backend)
 
 # distributed set-up: each process gets its device; gradient accumulation is shared out among them
 rank, local_rank, world_size, device = distributed.setup(backend, device)
@@ -241,23 +243,23 @@ def start_micro_step(it, micro_step):
         model.require_backward_grad_sync = sync
 
 
-@torch.no_grad()
 def estimate_loss(it):
     """Mean loss over eval_iters batches of each split. The batches are shared out among the ranks
-    (every rank works) and the sums are all-reduced."""
+    (every rank works) and the sums are all-reduced; the host waits for the device once per split."""
     out = {}
     model.eval()
     n_local = -(-eval_iters // world_size)  # equal counts on every rank, as FSDP's collectives need
-    for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
-        total = torch.zeros(2, device=device)
-        for i in range(n_local):
-            k = rank + i * world_size
-            X, Y = get_batch(data, batch_size, block_size, (seed, EVAL, it, s, k), vocab_size, device)
-            with ctx:
-                _, loss = model(X, Y)
-            total += torch.stack((loss.float(), torch.ones((), device=device)))
-        loss_sum, count = distributed.all_reduce_sum(total).tolist()
-        out[split] = loss_sum / count
+    with torch.no_grad() if fsdp else torch.inference_mode():  # FSDP's parameters must stay usable by autograd
+        for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
+            total = torch.zeros(2, device=device)
+            for i in range(n_local):
+                k = rank + i * world_size
+                X, Y = get_batch(data, batch_size, block_size, (seed, EVAL, it, s, k), vocab_size, device)
+                with ctx:
+                    _, loss = model(X, Y)
+                total += torch.stack((loss.float(), torch.ones((), device=device)))
+            loss_sum, count = distributed.all_reduce_sum(total).tolist()
+            out[split] = loss_sum / count
     model.train()
     return out
 

@@ -1,0 +1,160 @@
+"""
+Side-by-side speed of this toolkit and upstream nanoGPT, printed as a table.
+
+CPU: config/train_shakespeare_char_cpu.py end to end (2000 iterations with their evaluations), in
+float32 (the default) and bfloat16 (opt-in): ms per iteration, total wall time, val loss at the end.
+$ python benchmarks/compare.py --device=cpu [--upstream=../nanoGPT] [--rounds=3]
+
+GPU: bench.py on GPT-2 124M (batch 12, block 1024, bfloat16, compiled): ms per iteration, tokens/s,
+MFU; and config/train_shakespeare_char.py end to end (5000 iterations with evaluations, compile
+included): total wall time, ms per iteration, best val loss.
+$ python benchmarks/compare.py --device=cuda [--upstream=../nanoGPT]
+
+--upstream is a checkout of https://github.com/karpathy/nanoGPT; its data/shakespeare_char is filled
+from ours. Without it, the table compares with upstream's figures recorded on the same kinds of
+machine (2-core CPU with PyTorch 2.13; one H200 with PyTorch 2.11).
+"""
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configurator import configure  # noqa: E402
+
+# -----------------------------------------------------------------------------
+device = 'cpu'  # 'cpu' for the CPU comparison, 'cuda' for the GPU one
+upstream = ''  # a checkout of karpathy/nanoGPT to run side by side; empty: upstream's recorded figures
+rounds = 1  # each run this many times, interleaved (CPU timings on shared machines are noisy)
+max_iters = 0  # 0: the configs' own (2000 on CPU, 5000 on GPU); fewer for a quick look
+cpu_dtypes = 'float32,bfloat16'  # CPU: our runs
+e2e_compile_modes = 'default,reduce-overhead'  # GPU: our end-to-end runs
+input_txt = ''  # tiny Shakespeare's input.txt, to prepare data/shakespeare_char where it is missing
+log_dir = 'bench_results'  # every run's output goes here
+# -----------------------------------------------------------------------------
+configure(globals())
+RECORDED = {  # upstream nanoGPT, as measured for the issue this script answers
+    'cpu': {'ms': 46.5, 'total': 103.0, 'val': 1.886},
+    'bench': {'ms': 26.2, 'tokens': 468_000, 'mfu': 40.5},
+    'e2e': {'ms': 14.0, 'total': 142.0, 'val': 1.467},
+}
+UPSTREAM_CPU_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=False', '--eval_iters=20',
+                     '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4',
+                     '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0']
+os.makedirs(log_dir, exist_ok=True)
+
+
+def prepare_data():
+    data = os.path.join(ROOT, 'data', 'shakespeare_char')
+    if not os.path.exists(os.path.join(data, 'train.bin')):
+        run('prepare', [sys.executable, 'data/shakespeare_char/prepare.py'] + ([input_txt] if input_txt else []), ROOT)
+    if upstream:
+        target = os.path.join(upstream, 'data', 'shakespeare_char')
+        os.makedirs(target, exist_ok=True)
+        for name in ('train.bin', 'val.bin', 'meta.pkl'):
+            shutil.copy(os.path.join(data, name), target)
+
+
+def run(name, cmd, cwd):
+    """Runs cmd, keeps its output in log_dir/name.log; returns (stdout, wall seconds)."""
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.time() - t0
+    with open(os.path.join(log_dir, f'{name}.log'), 'w') as f:
+        f.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {name} failed ({' '.join(cmd)}); see {log_dir}/{name}.log")
+    return proc.stdout, seconds
+
+
+def train_summary(stdout, seconds):
+    """Median iteration time (the first 10 logged iterations left out: warm-up, compilation), total
+    wall time, last and best val loss, time spent evaluating."""
+    times = [float(t) for t in re.findall(r'^iter \d+: loss [\d.]+, time ([\d.]+)ms', stdout, re.M)]
+    vals = [float(v) for v in re.findall(r'^step \d+: train loss [\d.]+, val loss ([\d.]+)', stdout, re.M)]
+    evals = [float(s) for s in re.findall(r'^step \d+: .*, eval ([\d.]+)s', stdout, re.M)]
+    return {'ms': statistics.median(times[10:] or times), 'total': seconds, 'val': vals[-1], 'best': min(vals),
+            'eval': sum(evals) if evals else None}
+
+
+def table(title, header, rows):
+    print(f"\n{title}")
+    print('| ' + ' | '.join(header) + ' |')
+    print('|' + '---|' * len(header))
+    for row in rows:
+        print('| ' + ' | '.join(row) + ' |')
+
+
+def cpu_comparison():
+    iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}'] if max_iters else []
+    runs = {}
+    if upstream:
+        runs['upstream nanoGPT'] = ([sys.executable, 'train.py', *UPSTREAM_CPU_ARGS, '--out_dir=out-compare', *iters], upstream)
+    for dtype in cpu_dtypes.split(','):
+        runs[f'this toolkit, {dtype}'] = ([sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py',
+                                           f'--dtype={dtype}', f'--out_dir={log_dir}/out-cpu-{dtype}', *iters], ROOT)
+    results = {name: [] for name in runs}
+    for r in range(rounds):  # interleaved, so slow spells of a shared machine hit every run alike
+        for name, (cmd, cwd) in runs.items():
+            results[name].append(train_summary(*run(f"cpu-{name.replace(' ', '_').replace(',', '')}-{r}", cmd, cwd)))
+            print(f"round {r + 1}: {name}: {results[name][-1]['ms']:.2f} ms/iter, {results[name][-1]['total']:.1f} s, "
+                  f"val {results[name][-1]['val']:.4f}", flush=True)
+    med = {name: {k: statistics.median(x[k] for x in res) for k in ('ms', 'total', 'val')} for name, res in results.items()}
+    base = med.get('upstream nanoGPT', RECORDED['cpu'])
+    rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['ms']:.1f}", f"{base['total']:.0f}", f"{base['val']:.3f}", '1.00x', '1.00x']]
+    for name, m in med.items():
+        rows.append([name, f"{m['ms']:.1f}", f"{m['total']:.0f}", f"{m['val']:.3f}",
+                     f"{base['ms'] / m['ms']:.2f}x", f"{base['total'] / m['total']:.2f}x"])
+    table(f"CPU: config/train_shakespeare_char_cpu.py, {max_iters or 2000} iterations (medians of {rounds} run(s))",
+          ['run', 'ms/iter', 'total s', 'val loss at end', 'faster per iter', 'faster in total'], rows)
+
+
+def gpu_comparison():
+    rows = []
+    bench = ['--batch_size=12', '--block_size=1024', '--real_data=False']
+    ours, _ = run('bench-ours', [sys.executable, 'bench.py', *bench, '--dtype=bfloat16', '--compile=True'], ROOT)
+    m = re.search(r'time per iteration: ([\d.]+)ms, MFU: ([\d.]+)%, (\d+) tokens/s', ours)
+    ours_bench = {'ms': float(m.group(1)), 'mfu': float(m.group(2)), 'tokens': int(m.group(3))}
+    base = RECORDED['bench']
+    if upstream:
+        text, _ = run('bench-upstream', [sys.executable, 'bench.py', '--real_data=False'], upstream)
+        ms = float(re.findall(r'time per iteration: ([\d.]+)ms', text)[-1])
+        base = {'ms': ms, 'tokens': 12 * 1024 / (ms / 1000), 'mfu': None}
+    rows.append(['upstream nanoGPT' + ('' if upstream else ' (recorded)'), f"{base['ms']:.1f}", f"{base['tokens']:,.0f}",
+                 f"{base['mfu']:.1f}%" if base['mfu'] else 'A100 peak', '1.00x'])
+    rows.append(['this toolkit', f"{ours_bench['ms']:.1f}", f"{ours_bench['tokens']:,}", f"{ours_bench['mfu']:.1f}%",
+                 f"{ours_bench['tokens'] / base['tokens']:.2f}x"])
+    table("GPU: bench.py, GPT-2 124M, batch 12, block 1024, bfloat16, compiled",
+          ['run', 'ms/iter', 'tokens/s', 'MFU', 'tokens/s vs upstream'], rows)
+
+    iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}'] if max_iters else []
+    runs = {f'this toolkit, compile_mode={mode}': ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
+                                                    f'--compile_mode={mode}', f'--out_dir={log_dir}/out-e2e-{mode}', *iters], ROOT)
+            for mode in e2e_compile_modes.split(',')}
+    if upstream:
+        runs = {'upstream nanoGPT': ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
+                                     '--out_dir=out-compare', *iters], upstream), **runs}
+    results = {name: train_summary(*run(f"e2e-{name.split(',')[-1].strip().replace('=', '-').replace(' ', '_')}", cmd, cwd))
+               for name, (cmd, cwd) in runs.items()}
+    base = results.get('upstream nanoGPT', RECORDED['e2e'])
+    rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['total']:.0f}", f"{base['ms']:.1f}", '~40',
+                                 f"{base['val']:.3f}", '1.00x']]
+    for name, r in results.items():
+        rows.append([name, f"{r['total']:.0f}", f"{r['ms']:.1f}", f"{r['eval']:.0f}" if r['eval'] is not None else '?',
+                     f"{r['best']:.3f}", f"{base['total'] / r['total']:.2f}x"])
+    table(f"GPU: config/train_shakespeare_char.py end to end, {max_iters or 5000} iterations",
+          ['run', 'total s', 'ms/iter', 'eval s', 'best val loss', 'faster in total'], rows)
+
+
+prepare_data()
+if device == 'cpu':
+    cpu_comparison()
+elif device.startswith('cuda'):
+    gpu_comparison()
+else:
+    raise SystemExit(f"error: device={device!r}: use cpu or cuda")

@@ -4,7 +4,7 @@ autocast, synchronisation, torch.compile with a fallback, and the GPU peak-FLOPs
 """
 
 import re
-import warnings
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -188,5 +188,6 @@ def compile_model(model, device, mode=None):
         return torch.compile(model, mode=mode)
     except Exception as e:  # any failure of the toolchain means: run uncompiled
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        warnings.warn(f"torch.compile is not available here ({message[:200]}); running uncompiled", stacklevel=2)
+        print(f"warning: torch.compile is not available here ({type(e).__name__}: {message[:200]}); running uncompiled",
+              file=sys.stderr)
         return model

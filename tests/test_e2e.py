@@ -4,7 +4,7 @@ import re
 
 import torch
 
-from conftest import ITER_LINE, STEP_LINE, TINY, iter_lines, run_script
+from conftest import ITER_LINE, STEP_LINE, TINY, iter_lines, run_script, script_env
 
 
 def test_train_resume_sample(project, tmp_path):
@@ -54,3 +54,13 @@ def test_cpu_config_and_temperature_zero(project, tmp_path):
                             '--temperature=0', *extra).stdout
         texts.append(''.join(l for l in stdout.splitlines(True) if not l.startswith('Overriding')))
     assert texts[0] == texts[1] and len(texts[0].split('---------------')[0]) >= 31  # greedy: seed and cache don't matter
+
+
+def test_compile_unavailable_warns_once_and_runs_uncompiled(project, tmp_path):
+    # a machine without a working C++ compiler cannot compile for the CPU
+    env = script_env(CXX=str(tmp_path / 'no-such-compiler'), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'inductor'))
+    proc = run_script(project, 'train.py', 'config/train_shakespeare_char.py', *TINY, '--compile=True',
+                      f'--out_dir={tmp_path}/out', '--max_iters=3', '--eval_interval=3', env=env)
+    warnings = [l for l in proc.stderr.splitlines() if l.startswith('warning: torch.compile is not available')]
+    assert len(warnings) == 1 and warnings[0].endswith('running uncompiled')
+    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [0, 1, 2]

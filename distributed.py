@@ -93,4 +93,5 @@ def load_full_state(model, optimizer, model_sd, optim_sd):
 
 def teardown():
     if is_distributed():
+        dist.barrier()  # rank 0 may still be writing a checkpoint: leave together, not mid-conversation
         dist.destroy_process_group()

@@ -92,11 +92,14 @@ def fail(message):
 
 
 # check what can be checked before touching the device, the data or the disk
+for key, value in config.items():
+    if value is None:
+        fail(f"{key} needs a value, not None")
 for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'eval_iters', 'eval_interval',
             'log_interval', 'gradient_accumulation_steps'):
     if not isinstance(config[key], int) or config[key] <= 0:
         fail(f"{key} must be a positive integer, got {config[key]!r}")
-if max_iters is None or max_iters < 0 or (max_iters == 0 and not eval_only):
+if max_iters < 0 or (max_iters == 0 and not eval_only):
     fail(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
 if init_from == 'scratch' and n_embd % n_head:
     fail(f"n_embd={n_embd} is not divisible by n_head={n_head}")
@@ -265,16 +268,13 @@ def estimate_loss(it):
     return out
 
 
-def model_and_optimizer_state():
-    if fsdp:
-        return distributed.full_state(model, optimizer)
-    return raw_model.state_dict(), optimizer.state_dict()
-
-
 def write_checkpoint(evaluated_at):
     """Collective under FSDP (the shards are gathered); rank 0 writes."""
     t0 = time.time()
-    model_sd, optim_sd = model_and_optimizer_state()
+    if fsdp:
+        model_sd, optim_sd = distributed.full_state(model, optimizer)
+    else:
+        model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
     if master_process:
         save_checkpoint(ckpt_path, {
             'model': model_sd,

@@ -158,7 +158,7 @@ def test_kill_9_at_random_moments_leaves_a_loadable_checkpoint(project, tmp_path
         assert ckpt['iter_num'] > 0
         assert {p.name for p in out.iterdir() if p.name.startswith('ckpt')} <= {'ckpt.pt', 'ckpt.pt.tmp'}
     proc = run_script(project, *TRAIN, f'--out_dir={out}', f'--max_iters={ckpt["iter_num"] + 3}', '--eval_interval=2',
-                      '--init_from=resume')
+                      '--init_from=resume', '--always_save_checkpoint=True')
     assert min(losses_by_iter(proc.stdout)) == ckpt['iter_num']
     assert [p.name for p in out.iterdir() if p.name.startswith('ckpt')] == ['ckpt.pt']  # the leftover is replaced
 
@@ -205,3 +205,25 @@ def test_nan_stops_with_a_message_and_keeps_the_checkpoint(project, tmp_path):
     assert len(err) == 1 and err[0].startswith('error: iter ')
     assert 'learning rate 1e+06' in err[0] and 'lower learning_rate' in err[0] and 'left as it was' in err[0]
     assert (out / 'ckpt.pt').read_bytes() == before
+
+
+def test_upstream_nanogpt_checkpoint_resumes_and_samples(project, tmp_path):
+    """A checkpoint as upstream nanoGPT writes it: compiled-model names, best_val_loss a tensor, no
+    RNG, scaler or last_eval_iter entries."""
+    out = tmp_path / 'out'
+    run_script(project, *TRAIN, f'--out_dir={out}', '--max_iters=10', '--eval_interval=10')
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    upstream = {
+        'model': {'_orig_mod.' + k: v for k, v in ckpt['model'].items()},
+        'optimizer': ckpt['optimizer'],
+        'model_args': ckpt['model_args'],
+        'iter_num': ckpt['iter_num'],
+        'best_val_loss': torch.tensor(ckpt['best_val_loss']),
+        'config': {k: v for k, v in ckpt['config'].items() if k not in ('seed', 'peak_flops', 'fsdp')},
+    }
+    torch.save(upstream, out / 'ckpt.pt')
+    proc = run_script(project, *TRAIN, f'--out_dir={out}', '--max_iters=13', '--eval_interval=10', '--init_from=resume')
+    assert sorted(losses_by_iter(proc.stdout)) == [10, 11, 12]
+    assert not [l for l in proc.stdout.splitlines() if l.startswith('step 10:')]  # upstream saved right after evaluating
+    proc = run_script(project, 'sample.py', f'--out_dir={out}', '--num_samples=1', '--max_new_tokens=10', '--device=cpu')
+    assert proc.stdout.count('---------------') == 1

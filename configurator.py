@@ -118,12 +118,14 @@ def key_comments(script_path):
 
 def print_help(script, defaults):
     comments = key_comments(script)
-    print(f"usage: python {os.path.basename(script or 'script.py')} [config/file.py ...] [--key=value ...]")
-    print("config files and overrides apply in the order given; keys and their defaults:")
     width = max(len(k) for k in defaults) + 2
-    for k, v in defaults.items():
-        comment = f"  # {comments[k]}" if k in comments else ''
-        print(f"  --{k.ljust(width)} {v!r}{comment}")
+    lines = [f"usage: python {os.path.basename(script or 'script.py')} [config/file.py ...] [--key=value ...]",
+             "config files and overrides apply in the order given; keys and their defaults:"]
+    lines += [f"  --{k.ljust(width)} {v!r}" + (f"  # {comments[k]}" if k in comments else '') for k, v in defaults.items()]
+    try:
+        print('\n'.join(lines), flush=True)
+    except BrokenPipeError:  # python train.py --help | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def configure(g, argv=None, verbose=True):

@@ -81,11 +81,8 @@ optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, be
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 flops_per_token = model.flops_per_token(block_size)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-peak = device_peak_flops(device, dtype, peak_flops)
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M, tokens per iteration: {tokens_per_iter:,}")
-if peak is None:
-    print(f"warning: no peak FLOP/s known for this device ({device}, {dtype}), so MFU shows as n/a; "
-          f"set --peak_flops=FLOPS to measure against your hardware's peak")
+peak = device_peak_flops(device, dtype, peak_flops, warn=True)
 if compile:
     print("compiling the model...")
     model = compile_model(model, device, None if compile_mode == 'default' else compile_mode)

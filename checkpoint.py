@@ -9,6 +9,7 @@ and checkpoints move between this toolkit and upstream in both directions.
 
 import os
 import random
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -64,6 +65,22 @@ def clean_state_dict(state_dict):
             continue
         out[k] = v
     return out
+
+
+def model_from_checkpoint(checkpoint, path, **overrides):
+    """The GPT a checkpoint holds, built from its model_args (with overrides such as dropout; keys a
+    fork of nanoGPT may add are ignored) and loaded with its weights."""
+    from model import GPT, GPTConfig
+    known = {f.name for f in fields(GPTConfig)}
+    args = dict({k: v for k, v in checkpoint['model_args'].items() if k in known}, **overrides)
+    if args.get('n_embd', 0) % max(args.get('n_head', 1), 1):
+        raise SystemExit(f"error: {path} has n_embd={args['n_embd']} not divisible by n_head={args['n_head']}")
+    model = GPT(GPTConfig(**args))
+    try:
+        model.load_state_dict(clean_state_dict(checkpoint['model']))
+    except RuntimeError as e:
+        raise SystemExit(f"error: {path} does not match its own model_args: {str(e).strip().splitlines()[0]}")
+    return model
 
 
 def rng_state():

@@ -85,14 +85,16 @@ def peak_flops(device_name, dtype):
     return None
 
 
-def device_peak_flops(device, dtype, override=0.0):
+def device_peak_flops(device, dtype, override=0.0, warn=False):
     """The peak that MFU is measured against: the user's peak_flops when set, else the table's
-    entry for this GPU, else None."""
+    entry for this GPU, else None (and with warn, one line that says how to set it)."""
     if override:
         return float(override)
-    if device.startswith('cuda'):
-        return peak_flops(torch.cuda.get_device_name(device), dtype)
-    return None
+    peak = peak_flops(torch.cuda.get_device_name(device), dtype) if device.startswith('cuda') else None
+    if peak is None and warn:
+        print(f"warning: no peak FLOP/s known for this device ({device}, {dtype}), so MFU shows as n/a; "
+              f"set --peak_flops=FLOPS (per device) to measure against your hardware's peak")
+    return peak
 
 
 def mfu(flops_per_token, tokens_per_iter, seconds_per_iter, peak):

@@ -11,13 +11,12 @@ character-level one needs the stoi/itos of its dataset's meta.pkl.
 
 import json
 import os
-from dataclasses import fields
 
 import torch
 
-from checkpoint import clean_state_dict, load_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
-from model import CONV1D_WEIGHTS, GPT, GPTConfig
+from model import CONV1D_WEIGHTS
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
@@ -34,16 +33,8 @@ except ImportError:
 # the model, rebuilt from the checkpoint: loading it checks every name and shape
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 checkpoint = load_checkpoint(ckpt_path)
-known = {f.name for f in fields(GPTConfig)}
-model_args = {k: v for k, v in checkpoint['model_args'].items() if k in known}
-config = GPTConfig(**model_args)
-if config.n_embd % config.n_head:
-    raise SystemExit(f"error: {ckpt_path} has n_embd={config.n_embd} not divisible by n_head={config.n_head}")
-model = GPT(config)
-try:
-    model.load_state_dict(clean_state_dict(checkpoint['model']))
-except RuntimeError as e:
-    raise SystemExit(f"error: {ckpt_path} does not match its own model_args: {str(e).splitlines()[0]}")
+model = model_from_checkpoint(checkpoint, ckpt_path)
+config = model.config
 checkpoint = None  # free the memory
 
 # tensors under Hugging Face's names, which are ours. lm_head.weight is left out: GPT-2 ties it to

@@ -8,15 +8,14 @@ import codecs
 import os
 import sys
 import time
-from dataclasses import fields
 
 import torch
 
-from checkpoint import clean_state_dict, load_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
 from dataset import dataset_dir, load_meta, load_tokenizer
 from devices import autocast, compile_model, pick_device, pick_dtype
-from model import GPT, GPTConfig
+from model import GPT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a Hugging Face GPT-2 directory
@@ -49,10 +48,9 @@ torch.backends.cudnn.allow_tf32 = True
 # model, and the tokenizer it was trained with
 meta, where = {}, 'GPT-2'
 if init_from == 'resume':
-    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-    known = {f.name for f in fields(GPTConfig)}
-    model = GPT(GPTConfig(**{k: v for k, v in checkpoint['model_args'].items() if k in known}))
-    model.load_state_dict(clean_state_dict(checkpoint['model']))
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    checkpoint = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
     train_dataset = checkpoint.get('config', {}).get('dataset')
     if train_dataset:
         meta, where = load_meta(dataset_dir(train_dataset)), f"dataset {train_dataset}"

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 import distributed
-from checkpoint import clean_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from checkpoint import (clean_state_dict, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+                        set_rng_state)
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from devices import (autocast, compile_model, device_peak_flops, format_mfu, mfu, pick_device, pick_dtype,
@@ -150,17 +151,11 @@ if init_from == 'scratch':
     model = GPT(GPTConfig(**model_args))
 elif init_from == 'resume':
     checkpoint = load_checkpoint(ckpt_path)
-    # the shape of the model is the checkpoint's; dropout and the rest stay as configured
-    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
-        model_args[k] = checkpoint['model_args'][k]
-    if block_size > model_args['block_size']:
-        fail(f"block_size={block_size} is larger than the checkpoint's {model_args['block_size']}; "
-             f"resume with block_size <= {model_args['block_size']}")
-    model = GPT(GPTConfig(**model_args))
-    try:
-        model.load_state_dict(clean_state_dict(checkpoint['model']))
-    except RuntimeError as e:
-        fail(f"{ckpt_path} does not match its own model_args: {str(e).splitlines()[0]}")
+    if block_size > checkpoint['model_args']['block_size']:
+        fail(f"block_size={block_size} is larger than the checkpoint's {checkpoint['model_args']['block_size']}; "
+             f"resume with block_size <= {checkpoint['model_args']['block_size']}")
+    # the shape of the model is the checkpoint's; dropout stays as configured
+    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)
     iter_num = int(checkpoint['iter_num'])
     best_val_loss = float(checkpoint['best_val_loss'])
     last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
@@ -168,11 +163,11 @@ elif init_from == 'resume':
         set_rng_state(checkpoint['rng'])
 elif init_from.startswith('gpt2') or os.path.isdir(init_from):
     model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
-        model_args[k] = getattr(model.config, k)
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, "
          f"gpt2-xl) or a directory with config.json and model.safetensors")
+for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+    model_args[k] = getattr(model.config, k)  # what the checkpoint will record
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 down to a smaller context
     model_args['block_size'] = block_size
@@ -182,13 +177,10 @@ val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
 raw_model = model  # the plain GPT: its state_dict has clean names
 model.to(device)
 flops_per_token = raw_model.flops_per_token(block_size)
-peak = device_peak_flops(device, dtype, peak_flops)
 if master_process:
     print(f"number of parameters: {raw_model.get_num_params() / 1e6:.2f}M")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
-    if peak is None:
-        print(f"warning: no peak FLOP/s known for this device ({device}, {dtype}), so MFU shows as n/a; "
-              f"set --peak_flops=FLOPS (per device) to measure against your hardware's peak")
+peak = device_peak_flops(device, dtype, peak_flops, warn=master_process)
 
 # optimizer (after sharding, so that under FSDP it holds the shards), and a GradScaler that is
 # active only for float16

@@ -80,3 +80,16 @@ def test_prepare_without_file_or_network_is_one_clear_line(tmp_path):
     assert proc.stderr.strip().startswith('error: could not download') and len(proc.stderr.strip().splitlines()) == 1
     assert 'Traceback' not in proc.stderr
     assert not (tmp_path / 'data' / 'shakespeare_char' / 'train.bin').exists()
+
+
+def test_gpt2_tokens_that_split_a_character_decode_safely_one_at_a_time(gpt2_bpe, monkeypatch):
+    import codecs
+    monkeypatch.setenv('NANOGPT_GPT2_BPE', str(gpt2_bpe))
+    encode, decode_bytes = load_tokenizer({'tokenizer': 'gpt2', 'vocab_size': 50304})
+    text = "naïve 漢字🙂 done"
+    ids = encode(text)
+    pieces = [decode_bytes([i]) for i in ids]
+    assert any(p.decode('utf-8', errors='replace') != p.decode('utf-8', errors='ignore') for p in pieces)  # a split
+    decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')  # as sample.py streams
+    streamed = ''.join(decoder.decode(p) for p in pieces) + decoder.decode(b'', final=True)
+    assert streamed == text

@@ -15,7 +15,9 @@ def train_step(model, optimizer, scaler, ctx, X, Y, next_batch, gradient_accumul
     Returns the next (X, Y), the loss averaged over the micro-steps and the gradient norm before
     clipping (zero when grad_clip is 0), both as tensors on the device: reading them waits for the
     device, so the caller does that only where it prints."""
-    loss_sum = None
+    # our own accumulator: the loss a CUDA graph (compile_mode='reduce-overhead') returns lives in the
+    # graph's memory and is overwritten by the next replay
+    loss_sum = torch.zeros((), device=X.device)
     for micro_step in range(gradient_accumulation_steps):
         if start_micro_step is not None:
             start_micro_step(micro_step)
@@ -24,7 +26,7 @@ def train_step(model, optimizer, scaler, ctx, X, Y, next_batch, gradient_accumul
             loss = loss / gradient_accumulation_steps
         X, Y = next_batch(micro_step)
         scaler.scale(loss).backward()
-        loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
+        loss_sum += loss.detach().float()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -46,8 +46,6 @@ configure(globals())
 for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'gradient_accumulation_steps', 'num_steps'):
     if not isinstance(globals()[key], int) or globals()[key] <= 0:
         raise SystemExit(f"error: {key} must be a positive integer, got {globals()[key]!r}")
-if n_embd % n_head:
-    raise SystemExit(f"error: n_embd={n_embd} is not divisible by n_head={n_head}")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 select_sdpa_backend(sdpa_backend)

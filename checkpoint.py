@@ -73,8 +73,6 @@ def model_from_checkpoint(checkpoint, path, **overrides):
     from model import GPT, GPTConfig
     known = {f.name for f in fields(GPTConfig)}
     args = dict({k: v for k, v in checkpoint['model_args'].items() if k in known}, **overrides)
-    if args.get('n_embd', 0) % max(args.get('n_head', 1), 1):
-        raise SystemExit(f"error: {path} has n_embd={args['n_embd']} not divisible by n_head={args['n_head']}")
     model = GPT(GPTConfig(**args))
     try:
         model.load_state_dict(clean_state_dict(checkpoint['model']))

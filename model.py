@@ -147,6 +147,8 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None
         assert config.block_size is not None
+        if config.n_embd % config.n_head:  # the one check every way of building a model passes through
+            raise SystemExit(f"error: n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -238,8 +240,6 @@ class GPT(nn.Module):
                                    block_size=hf['n_positions'], vocab_size=hf['vocab_size'])
             except KeyError as e:
                 raise SystemExit(f"error: {config_path} lacks {e.args[0]}, which a GPT-2 config.json has")
-            if config_args['n_embd'] % config_args['n_head']:
-                raise SystemExit(f"error: {config_path} has n_embd={hf['n_embd']} not divisible by n_head={hf['n_head']}")
         elif name_or_path in PRETRAINED_SIZES:
             weights_path = download_gpt2(name_or_path)
             config_args = dict(PRETRAINED_SIZES[name_or_path], block_size=1024, vocab_size=50257)

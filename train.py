@@ -102,7 +102,7 @@ for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'eval_ite
         fail(f"{key} must be a positive integer, got {config[key]!r}")
 if max_iters < 0 or (max_iters == 0 and not eval_only):
     fail(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
-if init_from == 'scratch' and n_embd % n_head:
+if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it fails before torchrun's process group
     fail(f"n_embd={n_embd} is not divisible by n_head={n_head}")
 if not 0.0 <= dropout < 1.0:
     fail(f"dropout must be in [0, 1), got {dropout}")

@@ -142,9 +142,20 @@ def pick_dtype(device, requested):
         raise SystemExit(f"error: this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use dtype=float16")
     if kind == 'cpu' and requested == 'float16':
         raise SystemExit("error: float16 training needs a GPU; on cpu use dtype=float32 or bfloat16")
+    if kind == 'cpu' and requested == 'bfloat16' and not cpu_has_fast_bfloat16():
+        print("warning: this CPU has no fast bfloat16 kernels in torch (they need AVX-512 or Arm's BF16), "
+              "so dtype=bfloat16 is likely slower than float32 here", file=sys.stderr)
     if kind == 'mps' and requested == 'bfloat16':
         raise SystemExit("error: bfloat16 autocast is not supported on mps here; use dtype=float32")
     return requested
+
+
+def cpu_has_fast_bfloat16():
+    """Whether torch's oneDNN has native bfloat16 kernels for this CPU (else it emulates them, slowly)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: assume the best, say nothing
+        return True
 
 
 def autocast(device, dtype):

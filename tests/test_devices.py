@@ -96,3 +96,11 @@ def test_device_and_dtype_choices_on_this_machine():
         pick_dtype('cpu', 'float8')
     with pytest.raises(SystemExit, match='float16 training needs a GPU'):
         pick_dtype('cpu', 'float16')
+
+
+def test_cpu_bfloat16_warns_only_where_torch_emulates_it(monkeypatch, capsys):
+    import devices
+    for fast, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(devices, 'cpu_has_fast_bfloat16', lambda: fast)
+        assert pick_dtype('cpu', 'bfloat16') == 'bfloat16'
+        assert ('likely slower than float32' in capsys.readouterr().err) == warned

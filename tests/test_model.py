@@ -94,6 +94,19 @@ def test_plain_attention_matches_scaled_dot_product_attention():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('T', [16, 520])  # CPU bfloat16 attention takes the plain path up to 512 positions
+def test_cpu_bfloat16_autocast_attention_matches_float32(T):
+    model = tiny(block_size=T)
+    idx = torch.randint(50, (2, T))
+    expected, expected_loss = model(idx, idx)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got, loss = model(idx, idx)
+        loss.backward()
+    torch.testing.assert_close(got.float(), expected, atol=0.03, rtol=0.03)
+    assert abs(loss.item() - expected_loss.item()) < 0.01
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_crop_block_size():
     model = tiny()
     model.crop_block_size(8)

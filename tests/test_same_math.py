@@ -1,0 +1,67 @@
+"""The speed work in train.py (batches drawn in one go, losses read back only at log lines, fused
+AdamW, the step shared with bench.py) must leave the math alone: its losses are those of a plain
+loop written here the way upstream nanoGPT writes its own, from the same seed and the same batches.
+The opt-in bfloat16 on a CPU stays within noise of them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script
+from dataset import get_batch
+from lr_schedule import get_lr
+from model import GPT, GPTConfig
+
+SEED, ITERS, ACCUM, BATCH, BLOCK = 1337, 10, 2, 4, 32
+HPARAMS = dict(learning_rate=5e-3, warmup_iters=2, lr_decay_iters=ITERS, min_lr=1e-4)
+ARGS = ['--n_layer=2', '--n_head=2', '--n_embd=32', f'--block_size={BLOCK}', f'--batch_size={BATCH}',
+        '--dataset=shakespeare_char', '--dropout=0.0', '--device=cpu', '--compile=False', '--eval_iters=2', '--log_interval=1',
+        f'--max_iters={ITERS}', f'--gradient_accumulation_steps={ACCUM}', '--weight_decay=0.1',
+        '--beta1=0.9', '--beta2=0.99', '--grad_clip=1.0', '--eval_interval=1000', f'--seed={SEED}',
+        *(f'--{k}={v}' for k, v in HPARAMS.items())]
+
+
+def reference_losses(train_bin):
+    torch.manual_seed(SEED)
+    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False))
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}],
+                                  betas=(0.9, 0.99))  # unfused, as upstream has it on a CPU
+    data = np.memmap(train_bin, dtype=np.uint16, mode='r')
+    losses = []
+    for it in range(ITERS):
+        for group in optimizer.param_groups:
+            group['lr'] = get_lr(it, **HPARAMS)
+        total = 0.0
+        for micro_step in range(ACCUM):
+            X, Y = get_batch(data, BATCH, BLOCK, (SEED, 0, it, micro_step), 65)  # train.py's batch seeds
+            _, loss = model(X, Y)
+            (loss / ACCUM).backward()
+            total += loss.item() / ACCUM
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
+
+
+def logged_losses(out_dir):
+    rows = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+    return [row['loss'] for row in rows if 'loss' in row]
+
+
+@pytest.fixture(scope='module')
+def reference(project):
+    return reference_losses(project / 'data' / 'shakespeare_char' / 'train.bin')
+
+
+@pytest.mark.parametrize('dtype,tolerance', [('float32', 1e-5), ('bfloat16', 0.01)])
+def test_train_py_losses_match_a_plain_training_loop(project, tmp_path, reference, dtype, tolerance):
+    run_script(project, 'train.py', *ARGS, f'--dtype={dtype}', f'--out_dir={tmp_path}')
+    losses = logged_losses(tmp_path)
+    assert len(losses) == ITERS
+    assert reference[-1] < reference[0] - 0.3  # it learns, so the comparison covers real updates
+    assert max(abs(a - b) for a, b in zip(losses, reference)) < tolerance, (losses, reference)

@@ -82,6 +82,25 @@ def train_summary(stdout, seconds):
             'eval': sum(evals) if evals else None}
 
 
+def whole_split_val_loss(ckpt_path):
+    """Loss of a checkpoint's model over the whole val split, in consecutive windows of its block size:
+    the printed val loss averages 20 random batches, which differ from run to run by about +-0.013."""
+    import numpy as np
+    import torch
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from dataset import dataset_dir
+    checkpoint = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(checkpoint, ckpt_path).eval()
+    block = checkpoint['model_args']['block_size']
+    data = np.fromfile(os.path.join(dataset_dir('shakespeare_char'), 'val.bin'), dtype=np.uint16).astype(np.int64)
+    n = (len(data) - 1) // block
+    x = torch.from_numpy(data[:n * block].reshape(n, block))
+    y = torch.from_numpy(data[1:n * block + 1].reshape(n, block))
+    with torch.inference_mode():
+        losses = [model(x[i:i + 256], y[i:i + 256])[1].item() * len(x[i:i + 256]) for i in range(0, n, 256)]
+    return sum(losses) / n
+
+
 def table(title, header, rows):
     print(f"\n{title}")
     print('| ' + ' | '.join(header) + ' |')
@@ -91,27 +110,38 @@ def table(title, header, rows):
 
 
 def cpu_comparison():
-    iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}'] if max_iters else []
+    # a shorter run is evaluated at its end as well, as upstream does only at multiples of eval_interval
+    iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}', f'--eval_interval={max_iters}'] if max_iters else []
     runs = {}
     if upstream:
-        runs['upstream nanoGPT'] = ([sys.executable, 'train.py', *UPSTREAM_CPU_ARGS, '--out_dir=out-compare', *iters], upstream)
+        # always_save_checkpoint: the checkpoint then holds the final model, for the whole-split loss
+        runs['upstream nanoGPT'] = ([sys.executable, 'train.py', *UPSTREAM_CPU_ARGS, '--out_dir=out-compare',
+                                     '--always_save_checkpoint=True', *iters], upstream, os.path.join(upstream, 'out-compare'))
     for dtype in cpu_dtypes.split(','):
+        out = os.path.join(log_dir, f'out-cpu-{dtype}')
         runs[f'this toolkit, {dtype}'] = ([sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py',
-                                           f'--dtype={dtype}', f'--out_dir={log_dir}/out-cpu-{dtype}', *iters], ROOT)
+                                           f'--dtype={dtype}', f'--out_dir={out}', '--always_save_checkpoint=True',
+                                           *iters], ROOT, out)
     results = {name: [] for name in runs}
     for r in range(rounds):  # interleaved, so slow spells of a shared machine hit every run alike
-        for name, (cmd, cwd) in runs.items():
-            results[name].append(train_summary(*run(f"cpu-{name.replace(' ', '_').replace(',', '')}-{r}", cmd, cwd)))
-            print(f"round {r + 1}: {name}: {results[name][-1]['ms']:.2f} ms/iter, {results[name][-1]['total']:.1f} s, "
-                  f"val {results[name][-1]['val']:.4f}", flush=True)
-    med = {name: {k: statistics.median(x[k] for x in res) for k in ('ms', 'total', 'val')} for name, res in results.items()}
+        for name, (cmd, cwd, out) in runs.items():
+            if os.path.exists(os.path.join(out, 'ckpt.pt')):
+                os.remove(os.path.join(out, 'ckpt.pt'))  # not to read an earlier run's
+            result = train_summary(*run(f"cpu-{name.replace(' ', '_').replace(',', '')}-{r}", cmd, cwd))
+            result['whole_val'] = whole_split_val_loss(os.path.join(out, 'ckpt.pt'))
+            results[name].append(result)
+            print(f"round {r + 1}: {name}: {result['ms']:.2f} ms/iter, {result['total']:.1f} s, "
+                  f"val {result['val']:.4f}, whole val split {result['whole_val']:.4f}", flush=True)
+    keys = ('ms', 'total', 'val', 'whole_val')
+    med = {name: {k: statistics.median(x[k] for x in res) for k in keys} for name, res in results.items()}
     base = med.get('upstream nanoGPT', RECORDED['cpu'])
-    rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['ms']:.1f}", f"{base['total']:.0f}", f"{base['val']:.3f}", '1.00x', '1.00x']]
+    rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['ms']:.1f}", f"{base['total']:.0f}",
+                                 f"{base['val']:.3f}", '?', '1.00x', '1.00x']]
     for name, m in med.items():
-        rows.append([name, f"{m['ms']:.1f}", f"{m['total']:.0f}", f"{m['val']:.3f}",
+        rows.append([name, f"{m['ms']:.1f}", f"{m['total']:.0f}", f"{m['val']:.3f}", f"{m['whole_val']:.3f}",
                      f"{base['ms'] / m['ms']:.2f}x", f"{base['total'] / m['total']:.2f}x"])
     table(f"CPU: config/train_shakespeare_char_cpu.py, {max_iters or 2000} iterations (medians of {rounds} run(s))",
-          ['run', 'ms/iter', 'total s', 'val loss at end', 'faster per iter', 'faster in total'], rows)
+          ['run', 'ms/iter', 'total s', 'val loss at end', 'whole val split', 'faster per iter', 'faster in total'], rows)
 
 
 def gpu_comparison():

@@ -13,8 +13,8 @@ import torch
 
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
-from devices import (autocast, compile_model, device_peak_flops, format_mfu, mfu, pick_device, pick_dtype,
-                     select_sdpa_backend, synchronize)
+from devices import (autocast, compile_model, device_peak_flops, format_mfu, keep_freed_host_memory, mfu,
+                     pick_device, pick_dtype, select_sdpa_backend, synchronize)
 from model import GPT, GPTConfig
 from train_step import train_step
 
@@ -49,6 +49,7 @@ for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'gradient
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 select_sdpa_backend(sdpa_backend)
+keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 torch.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True

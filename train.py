@@ -28,8 +28,8 @@ from checkpoint import (clean_state_dict, load_checkpoint, model_from_checkpoint
                         set_rng_state)
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
-from devices import (autocast, compile_model, device_peak_flops, format_mfu, mfu, pick_device, pick_dtype,
-                     select_sdpa_backend)
+from devices import (autocast, compile_model, device_peak_flops, format_mfu, keep_freed_host_memory, mfu,
+                     pick_device, pick_dtype, select_sdpa_backend)
 from lr_schedule import get_lr
 from metrics import append_metrics, metrics_path, trim_metrics
 from model import GPT, GPTConfig
@@ -118,6 +118,7 @@ if fsdp and world_size == 1:
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 select_sdpa_backend(sdpa_backend)
+keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 
 # distributed set-up: each process gets its device; gradient accumulation is shared out among them
 rank, local_rank, world_size, device = distributed.setup(backend, device)

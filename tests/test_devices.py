@@ -104,3 +104,39 @@ def test_cpu_bfloat16_warns_only_where_torch_emulates_it(monkeypatch, capsys):
         monkeypatch.setattr(devices, 'cpu_has_fast_bfloat16', lambda: fast)
         assert pick_dtype('cpu', 'bfloat16') == 'bfloat16'
         assert ('likely slower than float32' in capsys.readouterr().err) == warned
+
+
+def test_keep_freed_host_memory_stops_page_faults_in_training_steps():
+    import subprocess
+    import sys
+    from conftest import REPO
+    # the CPU config's model: its steps allocate and free buffers of 0.1-2 MiB
+    script = '''
+import resource, sys, torch, devices
+from model import GPT, GPTConfig
+kept = devices.keep_freed_host_memory() if sys.argv[1] == 'keep' else None
+torch.manual_seed(0)
+model = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False))
+optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu', verbose=False)
+x = torch.randint(65, (12, 64))
+def step():
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, loss = model(x, x)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+for _ in range(10):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+'''
+    faults = {}
+    for mode in ('default', 'keep'):
+        out = subprocess.run([sys.executable, '-c', script, mode], capture_output=True, text=True, check=True,
+                             cwd=str(REPO)).stdout.split()
+        if out[0] == 'False':
+            pytest.skip("no glibc mallopt here")
+        faults[mode] = int(out[1])
+    assert faults['keep'] * 10 < faults['default'], faults

@@ -88,11 +88,12 @@ def whole_split_val_loss(ckpt_path):
     import numpy as np
     import torch
     from checkpoint import load_checkpoint, model_from_checkpoint
-    from dataset import dataset_dir
+    from dataset import dataset_dir, load_meta, open_split
     checkpoint = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(checkpoint, ckpt_path).eval()
-    block = checkpoint['model_args']['block_size']
-    data = np.fromfile(os.path.join(dataset_dir('shakespeare_char'), 'val.bin'), dtype=np.uint16).astype(np.int64)
+    block, vocab_size = checkpoint['model_args']['block_size'], checkpoint['model_args']['vocab_size']
+    data_dir = dataset_dir('shakespeare_char')
+    data = open_split(data_dir, 'val', load_meta(data_dir), block, vocab_size).astype(np.int64)
     n = (len(data) - 1) // block
     x = torch.from_numpy(data[:n * block].reshape(n, block))
     y = torch.from_numpy(data[1:n * block + 1].reshape(n, block))

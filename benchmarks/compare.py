@@ -149,8 +149,9 @@ def gpu_comparison():
     rows = []
     bench = ['--batch_size=12', '--block_size=1024', '--real_data=False']
     ours, _ = run('bench-ours', [sys.executable, 'bench.py', *bench, '--dtype=bfloat16', '--compile=True'], ROOT)
-    m = re.search(r'time per iteration: ([\d.]+)ms, MFU: ([\d.]+)%, (\d+) tokens/s', ours)
-    ours_bench = {'ms': float(m.group(1)), 'mfu': float(m.group(2)), 'tokens': int(m.group(3))}
+    m = re.search(r'time per iteration: ([\d.]+)ms, MFU: (?:([\d.]+)%|n/a), (\d+) tokens/s', ours)  # n/a: no peak known
+    ours_bench = {'ms': float(m.group(1)), 'mfu': float(m.group(2) or 'nan'), 'tokens': int(m.group(3))}
+    print(f"bench.py, this toolkit: {ours_bench['ms']:.2f} ms/iter, {ours_bench['tokens']} tokens/s", flush=True)
     base = RECORDED['bench']
     if upstream:
         text, _ = run('bench-upstream', [sys.executable, 'bench.py', '--real_data=False'], upstream)
@@ -170,8 +171,10 @@ def gpu_comparison():
     if upstream:
         runs = {'upstream nanoGPT': ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
                                      '--out_dir=out-compare', *iters], upstream), **runs}
-    results = {name: train_summary(*run(f"e2e-{name.split(',')[-1].strip().replace('=', '-').replace(' ', '_')}", cmd, cwd))
-               for name, (cmd, cwd) in runs.items()}
+    results = {}
+    for name, (cmd, cwd) in runs.items():
+        results[name] = r = train_summary(*run(f"e2e-{name.split(',')[-1].strip().replace('=', '-').replace(' ', '_')}", cmd, cwd))
+        print(f"{name}: {r['total']:.1f} s, {r['ms']:.2f} ms/iter, best val {r['best']:.4f}", flush=True)  # kept if a later run fails
     base = results.get('upstream nanoGPT', RECORDED['e2e'])
     rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['total']:.0f}", f"{base['ms']:.1f}", '~40',
                                  f"{base['val']:.3f}", '1.00x']]

@@ -65,3 +65,19 @@ def test_train_py_losses_match_a_plain_training_loop(project, tmp_path, referenc
     assert len(losses) == ITERS
     assert reference[-1] < reference[0] - 0.3  # it learns, so the comparison covers real updates
     assert max(abs(a - b) for a, b in zip(losses, reference)) < tolerance, (losses, reference)
+
+
+
+def test_estimate_loss_is_the_mean_loss_of_its_batches(project, tmp_path):
+    """train.py's evaluation (inference_mode, no host sync per batch, sums all-reduced across ranks)
+    must report the mean of eval_iters per-batch losses, as upstream's one-batch-at-a-time loop does."""
+    eval_iters = 3
+    run_script(project, 'train.py', *ARGS, '--eval_only=True', f'--eval_iters={eval_iters}', f'--out_dir={tmp_path}')
+    logged = json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[0])
+    torch.manual_seed(SEED)
+    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)).eval()
+    for s, split in enumerate(('train', 'val')):
+        data = np.memmap(project / 'data' / 'shakespeare_char' / f'{split}.bin', dtype=np.uint16, mode='r')
+        with torch.no_grad():  # train.py's evaluation batch seeds: (seed, 1, iteration, split, k)
+            losses = [model(*get_batch(data, BATCH, BLOCK, (SEED, 1, 0, s, k), 65))[1].item() for k in range(eval_iters)]
+        assert logged[f'{split}_loss'] == pytest.approx(sum(losses) / eval_iters, abs=1e-5)

@@ -13,8 +13,8 @@ import torch
 
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
-from devices import (autocast, compile_model, device_peak_flops, format_mfu, keep_freed_host_memory, mfu,
-                     pick_device, pick_dtype, select_sdpa_backend, synchronize)
+from devices import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
+                     keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend, synchronize)
 from model import GPT, GPTConfig
 from train_step import train_step
 
@@ -48,6 +48,8 @@ for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'gradient
         raise SystemExit(f"error: {key} must be a positive integer, got {globals()[key]!r}")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
+if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps):
+    raise SystemExit(f"error: {error}")
 select_sdpa_backend(sdpa_backend)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 torch.manual_seed(seed)

@@ -206,6 +206,17 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
+def cuda_graphs_accumulation_error(device, compile, compile_mode, micro_steps):
+    """Why this setting cannot train, or None. Under CUDA graphs (torch.compile's reduce-overhead and
+    max-autotune modes on a GPU) each backward replay writes its gradients over the last one's, so
+    gradients cannot be accumulated over micro-steps (pytorch/pytorch#169545)."""
+    if compile and compile_mode in ('reduce-overhead', 'max-autotune') and device.startswith('cuda') and micro_steps > 1:
+        return (f"compile_mode={compile_mode} uses CUDA graphs, which cannot accumulate gradients over "
+                f"{micro_steps} micro-steps per process (each backward replay overwrites the last one's); use "
+                f"compile_mode=default or max-autotune-no-cudagraphs, or one micro-step per process")
+    return None
+
+
 def compile_model(model, device, mode=None):
     """torch.compile(model) where compilation works on this platform; otherwise one warning and the
     model as it is. A tiny function is compiled and run first, so a missing compiler shows up here

@@ -28,8 +28,8 @@ from checkpoint import (clean_state_dict, load_checkpoint, model_from_checkpoint
                         set_rng_state)
 from configurator import configure
 from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
-from devices import (autocast, compile_model, device_peak_flops, format_mfu, keep_freed_host_memory, mfu,
-                     pick_device, pick_dtype, select_sdpa_backend)
+from devices import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
+                     keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend)
 from lr_schedule import get_lr
 from metrics import append_metrics, metrics_path, trim_metrics
 from model import GPT, GPTConfig
@@ -117,6 +117,8 @@ if fsdp and world_size == 1:
     fail("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
+if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps // world_size):
+    fail(error)
 select_sdpa_backend(sdpa_backend)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 
@@ -246,7 +248,9 @@ def estimate_loss(it):
     out = {}
     model.eval()
     n_local = -(-eval_iters // world_size)  # equal counts on every rank, as FSDP's collectives need
-    with torch.no_grad() if fsdp else torch.inference_mode():  # FSDP's parameters must stay usable by autograd
+    # no_grad where FSDP's parameters must stay usable by autograd, and where compiled: CUDA graphs first
+    # recorded under inference_mode make the training graph's recording fail (pytorch/pytorch#135892)
+    with torch.no_grad() if fsdp or compile else torch.inference_mode():
         for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
             total = torch.zeros(2, device=device)
             for i in range(n_local):

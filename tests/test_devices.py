@@ -1,6 +1,7 @@
 import pytest
 
-from devices import device_peak_flops, format_mfu, mfu, peak_flops, pick_device, pick_dtype
+from devices import (cuda_graphs_accumulation_error, device_peak_flops, format_mfu, mfu, peak_flops, pick_device,
+                     pick_dtype)
 
 T = 1e12
 
@@ -96,6 +97,22 @@ def test_device_and_dtype_choices_on_this_machine():
         pick_dtype('cpu', 'float8')
     with pytest.raises(SystemExit, match='float16 training needs a GPU'):
         pick_dtype('cpu', 'float16')
+
+
+@pytest.mark.parametrize('device,compile,mode,micro_steps,refused', [
+    ('cuda', True, 'reduce-overhead', 4, True),
+    ('cuda:1', True, 'max-autotune', 2, True),
+    ('cuda', True, 'reduce-overhead', 1, False),  # one micro-step: the optimizer reads the gradients first
+    ('cuda', True, 'default', 4, False),
+    ('cuda', True, 'max-autotune-no-cudagraphs', 4, False),
+    ('cuda', False, 'reduce-overhead', 4, False),  # not compiled: no CUDA graphs
+    ('cpu', True, 'reduce-overhead', 4, False),  # inductor makes no CUDA graphs on a CPU
+])
+def test_cuda_graphs_refuse_gradient_accumulation(device, compile, mode, micro_steps, refused):
+    error = cuda_graphs_accumulation_error(device, compile, mode, micro_steps)
+    assert (error is not None) == refused
+    if refused:
+        assert f'compile_mode={mode}' in error and f'{micro_steps} micro-steps' in error and '\n' not in error
 
 
 def test_cpu_bfloat16_warns_only_where_torch_emulates_it(monkeypatch, capsys):

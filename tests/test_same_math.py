@@ -3,8 +3,6 @@ AdamW, the step shared with bench.py) must leave the math alone: its losses are 
 loop written here the way upstream nanoGPT writes its own, from the same seed and the same batches.
 The opt-in bfloat16 on a CPU stays within noise of them."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ import torch
 from conftest import run_script
 from dataset import get_batch
 from lr_schedule import get_lr
+from metrics import read_metrics
 from model import GPT, GPTConfig
 
 SEED, ITERS, ACCUM, BATCH, BLOCK = 1337, 10, 2, 4, 32
@@ -23,9 +22,14 @@ ARGS = ['--n_layer=2', '--n_head=2', '--n_embd=32', f'--block_size={BLOCK}', f'-
         *(f'--{k}={v}' for k, v in HPARAMS.items())]
 
 
-def reference_losses(train_bin):
+def initial_model():
+    """The model train.py starts from with ARGS: the same shape, the same seed."""
     torch.manual_seed(SEED)
-    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False))
+    return GPT(GPTConfig(block_size=BLOCK, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False))
+
+
+def reference_losses(train_bin):
+    model = initial_model()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}],
@@ -49,8 +53,7 @@ def reference_losses(train_bin):
 
 
 def logged_losses(out_dir):
-    rows = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
-    return [row['loss'] for row in rows if 'loss' in row]
+    return [row['loss'] for row in read_metrics(out_dir / 'metrics.jsonl') if 'loss' in row]
 
 
 @pytest.fixture(scope='module')
@@ -67,15 +70,13 @@ def test_train_py_losses_match_a_plain_training_loop(project, tmp_path, referenc
     assert max(abs(a - b) for a, b in zip(losses, reference)) < tolerance, (losses, reference)
 
 
-
 def test_estimate_loss_is_the_mean_loss_of_its_batches(project, tmp_path):
     """train.py's evaluation (inference_mode, no host sync per batch, sums all-reduced across ranks)
     must report the mean of eval_iters per-batch losses, as upstream's one-batch-at-a-time loop does."""
     eval_iters = 3
     run_script(project, 'train.py', *ARGS, '--eval_only=True', f'--eval_iters={eval_iters}', f'--out_dir={tmp_path}')
-    logged = json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[0])
-    torch.manual_seed(SEED)
-    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)).eval()
+    logged = read_metrics(tmp_path / 'metrics.jsonl')[0]
+    model = initial_model().eval()
     for s, split in enumerate(('train', 'val')):
         data = np.memmap(project / 'data' / 'shakespeare_char' / f'{split}.bin', dtype=np.uint16, mode='r')
         with torch.no_grad():  # train.py's evaluation batch seeds: (seed, 1, iteration, split, k)

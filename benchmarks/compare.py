@@ -156,7 +156,8 @@ def gpu_comparison():
     ours, _ = run('bench-ours', [sys.executable, 'bench.py', *bench, '--dtype=bfloat16', '--compile=True'], ROOT)
     m = re.search(r'time per iteration: ([\d.]+)ms, MFU: (?:([\d.]+)%|n/a), (\d+) tokens/s', ours)  # n/a: no peak known
     ours_bench = {'ms': float(m.group(1)), 'mfu': float(m.group(2) or 'nan'), 'tokens': int(m.group(3))}
-    print(f"bench.py, {compiled('this toolkit', ours)}: {ours_bench['ms']:.2f} ms/iter, {ours_bench['tokens']} tokens/s",
+    ours_name = compiled('this toolkit', ours)
+    print(f"bench.py, {ours_name}: {ours_bench['ms']:.2f} ms/iter, {ours_bench['tokens']} tokens/s",
           flush=True)  # each run's figures as it ends, kept if a later run fails
     base = RECORDED['bench']
     if upstream:
@@ -165,7 +166,7 @@ def gpu_comparison():
         base = {'ms': ms, 'tokens': 12 * 1024 / (ms / 1000), 'mfu': None}
     rows.append(['upstream nanoGPT' + ('' if upstream else ' (recorded)'), f"{base['ms']:.1f}", f"{base['tokens']:,.0f}",
                  f"{base['mfu']:.1f}%" if base['mfu'] else 'A100 peak', '1.00x'])
-    rows.append([compiled('this toolkit', ours), f"{ours_bench['ms']:.1f}", f"{ours_bench['tokens']:,}", f"{ours_bench['mfu']:.1f}%",
+    rows.append([ours_name, f"{ours_bench['ms']:.1f}", f"{ours_bench['tokens']:,}", f"{ours_bench['mfu']:.1f}%",
                  f"{ours_bench['tokens'] / base['tokens']:.2f}x"])
     table("GPU: bench.py, GPT-2 124M, batch 12, block 1024, bfloat16, compiled",
           ['run', 'ms/iter', 'tokens/s', 'MFU', 'tokens/s vs upstream'], rows)
@@ -180,8 +181,9 @@ def gpu_comparison():
     results = {}
     for name, (cmd, cwd) in runs.items():
         text, seconds = run(f"e2e-{name.split(',')[-1].strip().replace('=', '-').replace(' ', '_')}", cmd, cwd)
-        results[compiled(name, text)] = r = train_summary(text, seconds)
-        print(f"{compiled(name, text)}: {r['total']:.1f} s, {r['ms']:.2f} ms/iter, best val {r['best']:.4f}", flush=True)
+        label = compiled(name, text)
+        results[label] = r = train_summary(text, seconds)
+        print(f"{label}: {r['total']:.1f} s, {r['ms']:.2f} ms/iter, best val {r['best']:.4f}", flush=True)
     base = results.get('upstream nanoGPT', RECORDED['e2e'])
     rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['total']:.0f}", f"{base['ms']:.1f}", '~40',
                                  f"{base['val']:.3f}", '1.00x']]

@@ -12,11 +12,12 @@ import time
 import torch
 
 from configurator import configure
-from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
-from devices import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                     keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend, synchronize)
-from model import GPT, GPTConfig
-from train_step import train_step
+from nanogpt import ScriptError
+from nanogpt.checkpoint import init_model
+from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
+from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
+                            keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend, synchronize)
+from nanogpt.training import train_step
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -36,20 +37,18 @@ dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model
 compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
 sdpa_backend = 'auto'  # attention kernels on CUDA: 'auto', 'flash', 'cudnn', 'efficient' or 'math'
-peak_flops = 0.0  # peak FLOP/s of the device for MFU; 0 looks the GPU up in devices.py's table
+peak_flops = 0.0  # peak FLOP/s of the device for MFU; 0 looks the GPU up in nanogpt/device.py's table
 burnin = 10  # untimed steps first (compilation, allocator warm-up)
 num_steps = 20  # timed steps
 profile = False  # write a torch.profiler trace instead of timing
 profile_dir = 'bench_log'  # where the trace goes
 # -----------------------------------------------------------------------------
-configure(globals())
-for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'gradient_accumulation_steps', 'num_steps'):
-    if not isinstance(globals()[key], int) or globals()[key] <= 0:
-        raise SystemExit(f"error: {key} must be a positive integer, got {globals()[key]!r}")
+configure(globals(), positive_ints=('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd',
+                                    'gradient_accumulation_steps', 'num_steps'))
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps):
-    raise SystemExit(f"error: {error}")
+    raise ScriptError(error)
 select_sdpa_backend(sdpa_backend)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 torch.manual_seed(seed)
@@ -59,24 +58,24 @@ device_type = device.split(':')[0]
 ctx = autocast(device, dtype)
 
 # data: real batches as train.py draws them, or one fixed random batch
-vocab_size = GPT2_VOCAB_SIZE
+vocab_size = PADDED_GPT2_VOCAB_SIZE
 if real_data:
     data_dir = dataset_dir(dataset)
     meta = load_meta(data_dir)
-    vocab_size = meta.get('vocab_size', GPT2_VOCAB_SIZE)
+    vocab_size = meta.get('vocab_size', PADDED_GPT2_VOCAB_SIZE)
     train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 
-    def batch(step):
-        return get_batch(train_data, batch_size, block_size, (seed, 0, 0, step), vocab_size, device)
+    def batch(it, micro_step):
+        return get_batch(train_data, batch_size, block_size, (seed, 0, it, micro_step), vocab_size, device)
 else:
     fixed = (torch.randint(vocab_size, (batch_size, block_size), device=device),
              torch.randint(vocab_size, (batch_size, block_size), device=device))
 
-    def batch(step):
+    def batch(it, micro_step):
         return fixed
 
-model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, dropout=dropout, bias=bias))
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, vocab_size=vocab_size)
+model, _ = init_model('scratch', '', dropout, model_args)
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
@@ -88,16 +87,15 @@ if compile:
     print("compiling the model...")
     model = compile_model(model, device, None if compile_mode == 'default' else compile_mode)
 
-step_count = 0
-X, Y = batch(0)
+X, Y = batch(0, 0)
+iter_num = 0
 
 
 def step():
-    global X, Y, step_count
-    step_count += 1
-    X, Y, loss, _ = train_step(model, optimizer, scaler, ctx, X, Y,
-                               lambda micro: batch(step_count * gradient_accumulation_steps + micro + 1),
-                               gradient_accumulation_steps, grad_clip)
+    global X, Y, iter_num
+    X, Y, loss, _ = train_step(model, optimizer, scaler, ctx, X, Y, batch=batch, it=iter_num,
+                               micro_steps=gradient_accumulation_steps, grad_clip=grad_clip)
+    iter_num += 1
     return loss
 
 

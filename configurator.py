@@ -2,7 +2,7 @@
 The poor man's configurator, hardened. A script keeps its configuration as plain module globals
 with their defaults, then calls
 
-    config = configure(globals())
+    config = configure(globals(), positive_ints=('batch_size', ...))
 
 which applies, in the order given on the command line, config files (Python that assigns keys) and
 --key=value overrides, writes the results back into the script's globals and returns them as a dict
@@ -11,8 +11,9 @@ which applies, in the order given on the command line, config files (Python that
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=false
 
 Every mistake is one line and a non-zero exit: an unknown key (with the closest known ones), a value
-of the wrong type (int for float and None either way are fine), a missing config file, a config file
-that raises. --help lists every key with its default.
+of the wrong type (an int is fine for a float; None only where the default is None), a key declared
+positive_ints that is not a positive int, a missing config file, a config file that raises. --help
+lists every key with its default.
 """
 
 import ast
@@ -21,6 +22,8 @@ import os
 import re
 import sys
 import types
+
+from nanogpt import ScriptError
 
 CONFIG_TYPES = (bool, int, float, str, type(None))
 TRUE_WORDS, FALSE_WORDS = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
@@ -39,10 +42,12 @@ def closest(key, known):
 
 def check_value(key, value, default, where):
     """value converted to the type of default, or an error naming the key. Accepted: the same type,
-    int for float, None for anything and anything for a key whose default is None, and for booleans
-    also 0/1 and the words true/false (any case)."""
-    if value is None or default is None:
+    int for float, anything for a key whose default is None, and for booleans also 0/1 and the words
+    true/false (any case). None is a value only where it is the default."""
+    if default is None:
         return value
+    if value is None:
+        raise ScriptError(f"{key} needs a value, not None ({where})")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -59,7 +64,7 @@ def check_value(key, value, default, where):
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
-    raise SystemExit(f"error: {key} expects {type(default).__name__}, got {type(value).__name__} {value!r} ({where})")
+    raise ScriptError(f"{key} expects {type(default).__name__}, got {type(value).__name__} {value!r} ({where})")
 
 
 def parse_override(raw, default):
@@ -80,13 +85,13 @@ def run_config_file(path, config):
         with open(path, encoding='utf-8') as f:
             source = f.read()
     except FileNotFoundError:
-        raise SystemExit(f"error: config file {path} not found")
+        raise ScriptError(f"config file {path} not found")
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: cannot read config file {path}: {e}")
+        raise ScriptError(f"cannot read config file {path}: {e}")
     namespace = dict(config)
     try:
         exec(compile(source, path, 'exec'), namespace)
-    except SystemExit:
+    except SystemExit:  # a ScriptError of its own, or exit()
         raise
     except BaseException as e:
         line = ''
@@ -97,7 +102,7 @@ def run_config_file(path, config):
             tb = tb.tb_next
         if isinstance(e, SyntaxError):
             line = f" at line {e.lineno}"
-        raise SystemExit(f"error: config file {path} failed{line}: {type(e).__name__}: {e}")
+        raise ScriptError(f"config file {path} failed{line}: {type(e).__name__}: {e}")
     return source, {k: v for k, v in namespace.items()
                     if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
@@ -128,9 +133,10 @@ def print_help(script, defaults):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def configure(g, argv=None, verbose=True):
+def configure(g, argv=None, verbose=True, positive_ints=()):
     """Applies config files and --key=value overrides from argv (default sys.argv[1:]) to the
-    config globals of g; returns the final config as a dict."""
+    config globals of g, checks that the keys named in positive_ints are positive ints, and returns
+    the final config as a dict."""
     argv = sys.argv[1:] if argv is None else argv
     config = config_keys(g)
     defaults = dict(config)
@@ -141,23 +147,26 @@ def configure(g, argv=None, verbose=True):
         if arg.startswith('--'):
             key, eq, raw = arg[2:].partition('=')
             if key not in config:
-                raise SystemExit(f"error: unknown config key {key!r} on the command line{closest(key, config)}")
+                raise ScriptError(f"unknown config key {key!r} on the command line{closest(key, config)}")
             if not eq:
-                raise SystemExit(f"error: {arg} needs a value: --{key}=VALUE")
+                raise ScriptError(f"{arg} needs a value: --{key}=VALUE")
             value = check_value(key, parse_override(raw, defaults[key]), defaults[key], 'on the command line')
             if verbose:
                 print(f"Overriding: {key} = {value!r}")
             config[key] = value
         elif '=' in arg and not arg.endswith('.py'):
-            raise SystemExit(f"error: {arg!r}: overrides are written --key=value")
+            raise ScriptError(f"{arg!r}: overrides are written --key=value")
         else:
             source, assigned = run_config_file(arg, config)
             for key, value in assigned.items():
                 if key not in config:
-                    raise SystemExit(f"error: unknown config key {key!r} in {arg}{closest(key, config)}")
+                    raise ScriptError(f"unknown config key {key!r} in {arg}{closest(key, config)}")
                 config[key] = check_value(key, value, defaults[key], f"in {arg}")
             if verbose:
                 print(f"Overriding config with {arg}:")
                 print(source.rstrip())
+    for key in positive_ints:
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] <= 0:
+            raise ScriptError(f"{key} must be a positive integer, got {config[key]!r}")
     g.update(config)
     return config

@@ -14,9 +14,12 @@ import os
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
 from model import CONV1D_WEIGHTS
+from nanogpt import ScriptError
+from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nanogpt.data import GPT2_EOT_TOKEN
+from nanogpt.files import atomic_write, ckpt_path
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
@@ -28,12 +31,11 @@ export_dir = export_dir or os.path.join(out_dir, 'hf')
 try:
     from safetensors.torch import save_file
 except ImportError:
-    raise SystemExit("error: export_hf.py needs safetensors: pip install safetensors")
+    raise ScriptError("export_hf.py needs safetensors: pip install safetensors")
 
 # the model, rebuilt from the checkpoint: loading it checks every name and shape
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-checkpoint = load_checkpoint(ckpt_path)
-model = model_from_checkpoint(checkpoint, ckpt_path)
+checkpoint = load_checkpoint(ckpt_path(out_dir))
+model = model_from_checkpoint(checkpoint, ckpt_path(out_dir))
 config = model.config
 checkpoint = None  # free the memory
 
@@ -75,33 +77,25 @@ hf_config = {
     'reorder_and_upcast_attn': False,
     'tie_word_embeddings': True,
     # GPT-2's <|endoftext|>, only where the vocabulary holds it (not in a character-level one)
-    'bos_token_id': 50256 if config.vocab_size > 50256 else None,
-    'eos_token_id': 50256 if config.vocab_size > 50256 else None,
+    'bos_token_id': GPT2_EOT_TOKEN if config.vocab_size > GPT2_EOT_TOKEN else None,
+    'eos_token_id': GPT2_EOT_TOKEN if config.vocab_size > GPT2_EOT_TOKEN else None,
 }
 
-# each file goes to a temporary name first, then is renamed into place, so an interrupted export
-# leaves no half-written file behind
+# each file is written whole or not at all
 try:
     os.makedirs(export_dir, exist_ok=True)
 except OSError as e:
-    raise SystemExit(f"error: cannot create {export_dir}: {e}")
+    raise ScriptError(f"cannot create {export_dir}: {e}")
 weights_path = os.path.join(export_dir, 'model.safetensors')
 config_path = os.path.join(export_dir, 'config.json')
-for path in (weights_path, config_path):
-    tmp = path + '.tmp'
-    try:
-        if path == weights_path:
-            save_file(tensors, tmp, metadata={'format': 'pt'})  # transformers wants to know the framework
-        else:
-            with open(tmp, 'w') as f:
-                json.dump(hf_config, f, indent=2)
-                f.write('\n')
-        os.replace(tmp, path)
-    except Exception as e:  # OSError, or safetensors' own error for a full disk
-        raise SystemExit(f"error: cannot write {path}: {e}")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+try:
+    with atomic_write(weights_path) as f:
+        # safetensors writes by name, into the same (temporary) file; metadata: transformers wants the framework
+        save_file(tensors, f.name, metadata={'format': 'pt'})
+    with atomic_write(config_path, 'w') as f:
+        f.write(json.dumps(hf_config, indent=2) + '\n')
+except Exception as e:  # OSError, or safetensors' own error for a full disk
+    raise ScriptError(f"cannot write {export_dir}: {e}")
 print(f"wrote {config_path} and {weights_path} ({model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters, "
       f"vocab_size {config.vocab_size}, block_size {config.block_size})")
 print(f"load with transformers' GPT2LMHeadModel.from_pretrained({export_dir!r}), or here with --init_from={export_dir}")

@@ -7,7 +7,8 @@ $ python plot.py --out_dir=out --output=run.png
 import os
 
 from configurator import configure
-from metrics import metrics_path, read_metrics
+from nanogpt import ScriptError
+from nanogpt.files import metrics_path, read_metrics
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the training run's out_dir, with its metrics.jsonl
@@ -21,17 +22,17 @@ try:
     matplotlib.use('Agg')  # draw into a file, no display needed
     import matplotlib.pyplot as plt
 except ImportError:
-    raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib")
+    raise ScriptError("plot.py needs matplotlib: pip install matplotlib")
 
 path = metrics_path(out_dir)
 try:
     rows = read_metrics(path)
 except FileNotFoundError:
-    raise SystemExit(f"error: no metrics at {path}; train with --out_dir={out_dir} first")
+    raise ScriptError(f"no metrics at {path}; train with --out_dir={out_dir} first")
 except (OSError, UnicodeDecodeError) as e:
-    raise SystemExit(f"error: cannot read {path}: {e}")
+    raise ScriptError(f"cannot read {path}: {e}")
 if not rows:
-    raise SystemExit(f"error: {path} has no rows yet; plot once training has logged an iteration")
+    raise ScriptError(f"{path} has no rows yet; plot once training has logged an iteration")
 
 # a row per logged iteration has 'loss', a row per evaluation has 'val_loss'; both have 'lr'
 iter_rows = [r for r in rows if 'loss' in r]
@@ -67,5 +68,5 @@ fig.tight_layout()
 try:
     fig.savefig(output)
 except (OSError, ValueError) as e:  # ValueError: an extension matplotlib cannot write
-    raise SystemExit(f"error: cannot write {output}: {e}")
+    raise ScriptError(f"cannot write {output}: {e}")
 print(output)

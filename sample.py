@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
-from dataset import dataset_dir, load_meta, load_tokenizer
-from devices import autocast, compile_model, pick_device, pick_dtype
-from model import GPT
+from nanogpt import ScriptError
+from nanogpt.checkpoint import init_model
+from nanogpt.data import GPT2_VOCAB_SIZE, dataset_dir, load_meta, load_tokenizer
+from nanogpt.device import autocast, compile_model, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a Hugging Face GPT-2 directory
@@ -24,7 +24,7 @@ start = "\n"  # the prompt: text, or FILE:path to read it from a UTF-8 file
 num_samples = 10  # number of samples to draw
 max_new_tokens = 500  # number of tokens generated in each sample
 temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = always the likeliest token
-top_k = 200  # keep only the top_k most likely tokens (None: all)
+top_k = 200  # keep only the top_k most likely tokens (a top_k of at least the vocabulary size keeps all)
 top_p = 1.0  # keep the smallest set of tokens whose probability reaches top_p (1.0: all)
 kv_cache = True  # keep attention keys and values between steps, so each new token costs one position
 seed = 1337
@@ -32,36 +32,29 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = False  # torch.compile the model (slow to start, faster for long generations)
 # -----------------------------------------------------------------------------
-configure(globals())
-if not isinstance(num_samples, int) or num_samples < 1 or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-    raise SystemExit("error: num_samples must be at least 1 and max_new_tokens at least 0")
-if temperature is None or temperature < 0:
-    raise SystemExit(f"error: temperature must be 0 (greedy) or more, got {temperature}")
-if top_p is not None and not 0.0 < top_p <= 1.0:
-    raise SystemExit(f"error: top_p must be in (0, 1], got {top_p}")
+configure(globals(), positive_ints=('num_samples',))
+if max_new_tokens < 0:
+    raise ScriptError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+if temperature < 0:
+    raise ScriptError(f"temperature must be 0 (greedy) or more, got {temperature}")
+if not 0.0 < top_p <= 1.0:
+    raise ScriptError(f"top_p must be in (0, 1], got {top_p}")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 torch.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 
-# model, and the tokenizer it was trained with
+# model, and the tokenizer it was trained with: its dataset's meta.pkl, else GPT-2's BPE
+model, checkpoint = init_model(init_from, out_dir, dropout=0.0)
 meta, where = {}, 'GPT-2'
-if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-    checkpoint = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0)
-    train_dataset = checkpoint.get('config', {}).get('dataset')
-    if train_dataset:
-        meta, where = load_meta(dataset_dir(train_dataset)), f"dataset {train_dataset}"
-    if not meta and model.config.vocab_size < 50257:
-        raise SystemExit(f"error: the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's and "
-                         f"{os.path.join(dataset_dir(train_dataset or '?'), 'meta.pkl')} is missing; prepare that dataset again")
-    checkpoint = None
-elif init_from.startswith('gpt2') or os.path.isdir(init_from):
-    model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-else:
-    raise SystemExit(f"error: init_from={init_from!r}: use 'resume', a GPT-2 name or a Hugging Face GPT-2 directory")
+train_dataset = checkpoint.get('config', {}).get('dataset') if checkpoint is not None else None
+if train_dataset:
+    meta, where = load_meta(dataset_dir(train_dataset)), f"dataset {train_dataset}"
+if not meta and model.config.vocab_size < GPT2_VOCAB_SIZE:
+    raise ScriptError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's and "
+                      f"{os.path.join(dataset_dir(train_dataset or '?'), 'meta.pkl')} is missing; prepare that dataset again")
+checkpoint = None
 model.eval()
 model.to(device)
 if compile:
@@ -73,10 +66,10 @@ if start.startswith('FILE:'):
         with open(start[5:], encoding='utf-8') as f:
             start = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: cannot read the prompt file {start[5:]}: {e}")
+        raise ScriptError(f"cannot read the prompt file {start[5:]}: {e}")
 start_ids = encode(start)
 if not start_ids:
-    raise SystemExit("error: the prompt is empty; give some text with --start=...")
+    raise ScriptError("the prompt is empty; give some text with --start=...")
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
 # generate; a single sample is printed as it is generated

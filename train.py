@@ -15,6 +15,7 @@ Log lines: 'iter N: loss X, time Yms, mfu Z%' per log_interval iterations and
 'step N: train loss X, val loss Y, eval Ss' per evaluation; README.md explains each field.
 """
 
+import math
 import os
 import signal
 import sys
@@ -23,17 +24,14 @@ import time
 import numpy as np
 import torch
 
-import distributed
-from checkpoint import (clean_state_dict, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
-                        set_rng_state)
 from configurator import configure
-from dataset import GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
-from devices import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                     keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend)
-from lr_schedule import get_lr
-from metrics import append_metrics, metrics_path, trim_metrics
-from model import GPT, GPTConfig
-from train_step import train_step
+from nanogpt import ScriptError, distributed
+from nanogpt.checkpoint import clean_state_dict, init_model, save_checkpoint
+from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
+from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
+                            keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend)
+from nanogpt.files import append_metrics, ckpt_path, metrics_path, trim_metrics
+from nanogpt.training import train_step
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -82,43 +80,33 @@ compile = True  # torch.compile the model where that works here
 compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
 sdpa_backend = 'auto'  # attention kernels on CUDA: 'auto', 'flash', 'cudnn', 'efficient' or 'math'
 seed = 1337  # seeds the model init, the batches and dropout
-peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 looks the GPU up in devices.py's table
+peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 looks the GPU up in nanogpt/device.py's table
 # -----------------------------------------------------------------------------
-config = configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)  # config file, then --key=value overrides
+config = configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0, positive_ints=(
+    'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'eval_iters', 'eval_interval', 'log_interval',
+    'gradient_accumulation_steps'))  # config file, then --key=value overrides
 # -----------------------------------------------------------------------------
-
-
-def fail(message):
-    raise SystemExit(f"error: {message}")
-
 
 # check what can be checked before touching the device, the data or the disk
-for key, value in config.items():
-    if value is None:
-        fail(f"{key} needs a value, not None")
-for key in ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'eval_iters', 'eval_interval',
-            'log_interval', 'gradient_accumulation_steps'):
-    if not isinstance(config[key], int) or config[key] <= 0:
-        fail(f"{key} must be a positive integer, got {config[key]!r}")
 if max_iters < 0 or (max_iters == 0 and not eval_only):
-    fail(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
+    raise ScriptError(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
 if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it fails before torchrun's process group
-    fail(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+    raise ScriptError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
 if not 0.0 <= dropout < 1.0:
-    fail(f"dropout must be in [0, 1), got {dropout}")
+    raise ScriptError(f"dropout must be in [0, 1), got {dropout}")
 if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
-    fail(f"unknown compile_mode {compile_mode!r}; use default, reduce-overhead or max-autotune")
+    raise ScriptError(f"unknown compile_mode {compile_mode!r}; use default, reduce-overhead or max-autotune")
 world_size = int(os.environ.get('WORLD_SIZE', 1))
 if gradient_accumulation_steps % world_size:
     options = ', '.join(str(world_size * k) for k in range(1, 5))
-    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} processes; "
-         f"use a multiple of {world_size} ({options}, ...)")
+    raise ScriptError(f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} "
+                      f"processes; use a multiple of {world_size} ({options}, ...)")
 if fsdp and world_size == 1:
-    fail("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
+    raise ScriptError("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps // world_size):
-    fail(error)
+    raise ScriptError(error)
 select_sdpa_backend(sdpa_backend)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 
@@ -136,45 +124,27 @@ torch.backends.cudnn.allow_tf32 = True
 device_type = device.split(':')[0]
 ctx = autocast(device, dtype)
 
-# data: vocabulary from meta.pkl where the dataset has one
+# data: the vocabulary from meta.pkl where the dataset has one, else GPT-2's
 data_dir = dataset_dir(dataset)
 meta = load_meta(data_dir)
-meta_vocab_size = meta.get('vocab_size')
 
-# model
+# model: from scratch, from out_dir's checkpoint (its shape), or GPT-2's weights; dropout as configured
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=None, dropout=dropout)
-iter_num = 0
-best_val_loss = 1e9
-last_eval_iter = None
-checkpoint = None
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-if init_from == 'scratch':
-    model_args['vocab_size'] = meta_vocab_size if meta_vocab_size is not None else GPT2_VOCAB_SIZE
-    model = GPT(GPTConfig(**model_args))
-elif init_from == 'resume':
-    checkpoint = load_checkpoint(ckpt_path)
-    if block_size > checkpoint['model_args']['block_size']:
-        fail(f"block_size={block_size} is larger than the checkpoint's {checkpoint['model_args']['block_size']}; "
-             f"resume with block_size <= {checkpoint['model_args']['block_size']}")
-    # the shape of the model is the checkpoint's; dropout stays as configured
-    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)
+                  vocab_size=meta.get('vocab_size', PADDED_GPT2_VOCAB_SIZE))
+model, checkpoint = init_model(init_from, out_dir, dropout, model_args)
+iter_num, best_val_loss, last_eval_iter = 0, 1e9, None
+if checkpoint is not None:
     iter_num = int(checkpoint['iter_num'])
     best_val_loss = float(checkpoint['best_val_loss'])
     last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
-    if 'rng' in checkpoint:
-        set_rng_state(checkpoint['rng'])
-elif init_from.startswith('gpt2') or os.path.isdir(init_from):
-    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-else:
-    fail(f"init_from={init_from!r}: use 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, "
-         f"gpt2-xl) or a directory with config.json and model.safetensors")
-for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
-    model_args[k] = getattr(model.config, k)  # what the checkpoint will record
+if block_size > model.config.block_size:
+    source = 'checkpoint' if checkpoint is not None else init_from
+    raise ScriptError(f"block_size={block_size} is larger than the {source}'s {model.config.block_size}; "
+                      f"use block_size <= {model.config.block_size}")
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 down to a smaller context
-    model_args['block_size'] = block_size
-vocab_size = model_args['vocab_size']
+model_args = {k: getattr(model.config, k) for k in (*model_args, 'dropout')}  # what the checkpoint records
+vocab_size = model.config.vocab_size
 train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
 raw_model = model  # the plain GPT: its state_dict has clean names
@@ -209,37 +179,23 @@ if ddp and not fsdp:
     from torch.nn.parallel import DistributedDataParallel as DDP
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-# seeds: every batch and every dropout mask is a function of (seed, iteration, micro-step), so a resumed
-# run continues exactly as the run that never stopped. Micro-steps are numbered across the ranks (rank r
-# takes a contiguous range), so N processes draw the batches one process with N times the
-# gradient accumulation would draw.
-TRAIN, EVAL, DROPOUT = 0, 1, 2
+# seeds: every batch and every dropout mask is a function of (seed, stream, iteration, micro-step), so
+# a resumed run continues exactly as the run that never stopped. Micro-steps are numbered across the
+# ranks (rank r takes a contiguous range), so N processes draw the batches that one process with N
+# times the gradient accumulation would draw.
+SEED_TRAIN_BATCHES, SEED_EVAL_BATCHES, SEED_DROPOUT = 0, 1, 2
 
 
-def global_micro_step(micro_step):
-    return rank * gradient_accumulation_steps + micro_step
+def batch(it, micro_step):
+    """The training batch of a micro-step of iteration it, on the device."""
+    return get_batch(train_data, batch_size, block_size,
+                     (seed, SEED_TRAIN_BATCHES, it, rank * gradient_accumulation_steps + micro_step), vocab_size, device)
 
 
-def train_batch(it, micro_step):
-    return get_batch(train_data, batch_size, block_size, (seed, TRAIN, it, global_micro_step(micro_step)),
-                     vocab_size, device)
-
-
-def next_batch(it, micro_step):
-    """The batch after micro_step of iteration it: the next micro-step's, or the next iteration's first."""
-    if micro_step == gradient_accumulation_steps - 1:
-        return train_batch(it + 1, 0)
-    return train_batch(it, micro_step + 1)
-
-
-def start_micro_step(it, micro_step):
-    if dropout > 0:  # the dropout masks; reseeding costs ~0.1 ms, so only where there is dropout
-        torch.manual_seed(int(np.random.SeedSequence((seed, DROPOUT, it, global_micro_step(micro_step))).generate_state(1)[0]))
-    sync = micro_step == gradient_accumulation_steps - 1  # gradients cross ranks on the last micro-step only
-    if fsdp:
-        model.set_requires_gradient_sync(sync)
-    elif ddp:
-        model.require_backward_grad_sync = sync
+def seed_dropout(it, micro_step):
+    """Reseeds torch for the dropout masks of a micro-step (about 0.1 ms, so only where there is dropout)."""
+    stream = np.random.SeedSequence((seed, SEED_DROPOUT, it, rank * gradient_accumulation_steps + micro_step))
+    torch.manual_seed(int(stream.generate_state(1)[0]))
 
 
 def estimate_loss(it):
@@ -254,8 +210,8 @@ def estimate_loss(it):
         for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
             total = torch.zeros(2, device=device)
             for i in range(n_local):
-                k = rank + i * world_size
-                X, Y = get_batch(data, batch_size, block_size, (seed, EVAL, it, s, k), vocab_size, device)
+                X, Y = get_batch(data, batch_size, block_size, (seed, SEED_EVAL_BATCHES, it, s, rank + i * world_size),
+                                 vocab_size, device)
                 with ctx:
                     _, loss = model(X, Y)
                 total += torch.stack((loss.float(), torch.ones((), device=device)))
@@ -265,24 +221,37 @@ def estimate_loss(it):
     return out
 
 
-def write_checkpoint(evaluated_at):
-    """Collective under FSDP (the shards are gathered); rank 0 writes."""
+# learning rate: a linear warmup from above zero, then a cosine down to min_lr at lr_decay_iters
+def get_lr(it):
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters or lr_decay_iters <= warmup_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+ckpt_file = ckpt_path(out_dir)
+
+
+def write_checkpoint(resume_at, evaluated_at):
+    """Collective under FSDP (the shards are gathered); rank 0 writes. A run resumed from it starts at
+    iteration resume_at."""
     t0 = time.time()
     if fsdp:
         model_sd, optim_sd = distributed.full_state(model, optimizer)
     else:
         model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
     if master_process:
-        save_checkpoint(ckpt_path, {
+        save_checkpoint(ckpt_file, {
             'model': model_sd,
             'optimizer': optim_sd,
             'scaler': scaler.state_dict() if scaler.is_enabled() else None,
             'model_args': model_args,
-            'iter_num': iter_num,
+            'iter_num': resume_at,
             'best_val_loss': best_val_loss,
             'last_eval_iter': evaluated_at,
             'config': config,
-            'rng': rng_state(),
         })
     return time.time() - t0
 
@@ -295,7 +264,7 @@ stop_signal = None
 def request_stop(signum, frame):
     global stop_signal
     if stop_signal is not None and signum == signal.SIGINT:
-        raise SystemExit("interrupted again: exiting now, without a checkpoint")
+        raise ScriptError("interrupted again: exiting now, without a checkpoint")
     stop_signal = signum
     if master_process:
         print(f"\n{signal.Signals(signum).name} received: finishing this iteration, then saving a checkpoint "
@@ -305,7 +274,7 @@ def request_stop(signum, frame):
 signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
-# metrics file and wandb: the resumed run's rows replace those of iterations it repeats
+# metrics.jsonl and wandb: one row per log point; a resumed run's rows replace those of iterations it repeats
 metrics_file = metrics_path(out_dir)
 skip_eval_at = last_eval_iter if (last_eval_iter == iter_num and not eval_only) else None
 if master_process:
@@ -318,110 +287,107 @@ if wandb_log and master_process:
     try:
         import wandb
     except ImportError:
-        fail("wandb_log=True needs wandb: pip install wandb")
+        raise ScriptError("wandb_log=True needs wandb: pip install wandb")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+WANDB_NAMES = {'loss': 'iter/loss', 'train_loss': 'train/loss', 'val_loss': 'val/loss'}  # upstream's for the losses
 
 
-def record(row, wandb_row):
+def record(row):
+    """Appends a row to metrics.jsonl and sends the same numbers to wandb (MFU in percent there)."""
     if master_process:
         append_metrics(metrics_file, row)
         if wandb_log:
+            wandb_row = {WANDB_NAMES.get(k, k): v for k, v in row.items() if k != 'iter'}
+            if wandb_row.get('mfu') is not None:
+                wandb_row['mfu'] *= 100
             wandb.log(wandb_row, step=row['iter'])
+
+
+def read_device_stats():
+    """Reads the losses and gradient norms queued on the device since the last read (one host-device
+    sync), stops the run at the first non-finite one, and returns the last iteration's loss (mean over
+    micro-steps and ranks) and whether any rank was asked to stop."""
+    stats = torch.stack([torch.stack((loss, norm)) for _, _, loss, norm in unread_stats])
+    stop_flag = torch.tensor([[float(stop_signal is not None), 0.0]], device=device)
+    values = (distributed.all_reduce_sum(torch.cat((stats, stop_flag))) / world_size).tolist()
+    for (it, lr_it, _, _), (loss_it, norm_it) in zip(unread_stats, values):
+        if not (np.isfinite(loss_it) and np.isfinite(norm_it)):
+            norm_text = 'n/a (grad_clip=0)' if grad_clip == 0.0 else f"{norm_it:.4g}"
+            raise ScriptError(f"iter {it}: the loss is {loss_it:.4g}, the gradient norm {norm_text} at learning rate "
+                              f"{lr_it:.3g}; training stopped and {ckpt_file} is left as it was. Try a lower "
+                              f"learning_rate, grad_clip=1.0, or dtype=float32/bfloat16")
+    unread_stats.clear()
+    return values[-2][0], values[-1][0] > 0
 
 
 # training loop
 if iter_num >= max_iters and not eval_only and master_process:
     print(f"the checkpoint is at iteration {iter_num}, max_iters={max_iters}: nothing to train; raise max_iters to go on")
-X, Y = train_batch(iter_num, 0)
+X, Y = batch(iter_num, 0)  # fetch the very first batch
 local_iter_num = 0  # iterations of this process's lifetime
-running_mfu = -1.0
-pending = []  # (iter, lr, loss, grad norm) on the device since the last check; read at log points
+running_mfu = None  # none until the loop has settled
+unread_stats = []  # (iteration, lr, loss, grad norm), the last two still on the device
 t0 = time.time()
-iters_since_t0 = 0
-
-
-def check_pending():
-    """Reads the losses and gradient norms queued since the last check (one host-device sync), stops
-    the run at the first non-finite one, and returns the last iteration's loss (mean over micro-steps
-    and ranks) and whether any rank was asked to stop."""
-    stats = torch.stack([torch.stack((loss, norm)) for _, _, loss, norm in pending])
-    stop_flag = torch.tensor([[float(stop_signal is not None), 0.0]], device=device)
-    stats = distributed.all_reduce_sum(torch.cat((stats, stop_flag))) / world_size
-    values = stats.tolist()
-    for (it, lr_it, _, _), (loss_it, norm_it) in zip(pending, values):
-        if not (np.isfinite(loss_it) and np.isfinite(norm_it)):
-            norm_text = 'n/a (grad_clip=0)' if grad_clip == 0.0 else f"{norm_it:.4g}"
-            fail(f"iter {it}: the loss is {loss_it:.4g}, the gradient norm {norm_text} at learning rate {lr_it:.3g}; "
-                 f"training stopped and {ckpt_path} is left as it was. Try a lower learning_rate, grad_clip=1.0, "
-                 f"or dtype=float32/bfloat16")
-    pending.clear()
-    return values[-2][0], values[-1][0] > 0
-
-
+iters_timed = 0  # iterations since t0
 while True:
-    lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr) if decay_lr else learning_rate
+    lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
     # evaluate, and save a checkpoint, every eval_interval iterations and at the end
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:
-        if pending:
-            check_pending()  # never save a checkpoint of a diverged model
+        if unread_stats:
+            read_device_stats()  # never save a checkpoint of a diverged model
         t_eval = time.time()
         losses = estimate_loss(iter_num)
         eval_s = time.time() - t_eval
         if not (np.isfinite(losses['train']) and np.isfinite(losses['val'])):
-            fail(f"step {iter_num}: evaluation loss is not finite (train {losses['train']}, val {losses['val']}); "
-                 f"{ckpt_path} is left as it was. Try a lower learning_rate, grad_clip=1.0, or dtype=float32/bfloat16")
+            raise ScriptError(f"step {iter_num}: evaluation loss is not finite (train {losses['train']}, val "
+                              f"{losses['val']}); {ckpt_file} is left as it was. Try a lower learning_rate, "
+                              f"grad_clip=1.0, or dtype=float32/bfloat16")
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, eval {eval_s:.2f}s")
-        record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval_s': eval_s, 'lr': lr},
-               {'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr,
-                'mfu': max(running_mfu, 0.0) * 100})
+        record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval_s': eval_s, 'lr': lr})
         if iter_num > 0 and not eval_only and (improved or always_save_checkpoint):
-            save_s = write_checkpoint(evaluated_at=iter_num)
+            save_s = write_checkpoint(resume_at=iter_num, evaluated_at=iter_num)
             if master_process:
-                print(f"saved checkpoint to {ckpt_path} ({save_s:.2f}s)")
+                print(f"saved checkpoint to {ckpt_file} ({save_s:.2f}s)")
         last_eval_iter = iter_num
-        t0, iters_since_t0 = time.time(), 0  # evaluation and saving stay out of the iteration times
+        t0, iters_timed = time.time(), 0  # evaluation and saving stay out of the iteration times
     if eval_only or iter_num >= max_iters:
         break
 
     # forward, backward, update; the next batch is fetched while the device computes
-    X, Y, loss_sum, grad_norm = train_step(
-        model, optimizer, scaler, ctx, X, Y, lambda micro_step: next_batch(iter_num, micro_step),
-        gradient_accumulation_steps, grad_clip, lambda micro_step: start_micro_step(iter_num, micro_step))
-    pending.append((iter_num, lr, loss_sum, grad_norm))
+    X, Y, loss, grad_norm = train_step(model, optimizer, scaler, ctx, X, Y, batch=batch, it=iter_num,
+                                       micro_steps=gradient_accumulation_steps, grad_clip=grad_clip,
+                                       seed_dropout=seed_dropout if dropout > 0 else None)
+    unread_stats.append((iter_num, lr, loss, grad_norm))
+    iters_timed += 1
 
-    iter_num += 1
-    local_iter_num += 1
-    iters_since_t0 += 1
-    # under DDP a stop request is agreed on at log points, where the ranks meet anyway
-    if (iter_num - 1) % log_interval == 0 or (stop_signal is not None and not ddp):
-        lossf, stop = check_pending()  # waits for the device, so the clock below is honest
+    # timing and logging; under DDP a stop request is agreed on at log points, where the ranks meet anyway
+    if iter_num % log_interval == 0 or (stop_signal is not None and not ddp):
+        lossf, stop = read_device_stats()  # waits for the device, so the clock below is honest
         t1 = time.time()
-        dt = (t1 - t0) / iters_since_t0
-        t0, iters_since_t0 = t1, 0
-        mfu_text = 'n/a'
-        if peak is not None and local_iter_num > 5:  # let the loop settle first
+        dt = (t1 - t0) / iters_timed
+        t0, iters_timed = t1, 0
+        if peak is not None and local_iter_num >= 5:  # let the loop settle first
             step_mfu = mfu(flops_per_token, tokens_per_iter / world_size, dt, peak)
-            running_mfu = step_mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * step_mfu
-            mfu_text = format_mfu(running_mfu)
+            running_mfu = step_mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * step_mfu
         if master_process:
-            print(f"iter {iter_num - 1}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
-        record({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'time_ms': dt * 1000,
-                'mfu': running_mfu if running_mfu >= 0 else None, 'tokens': iter_num * tokens_per_iter},
-               {'iter': iter_num - 1, 'iter/loss': lossf, 'iter/lr': lr, 'iter/time_ms': dt * 1000,
-                'iter/mfu': running_mfu * 100 if running_mfu >= 0 else None})
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {format_mfu(running_mfu)}")
+        record({'iter': iter_num, 'loss': lossf, 'lr': lr, 'time_ms': dt * 1000, 'mfu': running_mfu,
+                'tokens': (iter_num + 1) * tokens_per_iter})
         if stop:
-            save_s = write_checkpoint(evaluated_at=last_eval_iter if last_eval_iter is not None else -1)
+            save_s = write_checkpoint(resume_at=iter_num + 1, evaluated_at=last_eval_iter)
             if master_process:
-                print(f"saved checkpoint at iteration {iter_num} to {ckpt_path} ({save_s:.2f}s); to resume, run the "
-                      f"same command with --init_from=resume", flush=True)
+                print(f"saved checkpoint at iteration {iter_num + 1} to {ckpt_file} ({save_s:.2f}s); to resume, run "
+                      f"the same command with --init_from=resume", flush=True)
             distributed.teardown()
             sys.exit(128 + (stop_signal or signal.SIGTERM))
+    iter_num += 1
+    local_iter_num += 1
 
 if wandb_log and master_process:
     wandb.finish()

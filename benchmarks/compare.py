@@ -26,6 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configurator import configure  # noqa: E402
+from nanogpt import ScriptError  # noqa: E402
 
 # -----------------------------------------------------------------------------
 device = 'cpu'  # 'cpu' for the CPU comparison, 'cuda' for the GPU one
@@ -68,7 +69,7 @@ def run(name, cmd, cwd):
     with open(os.path.join(log_dir, f'{name}.log'), 'w') as f:
         f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"error: {name} failed ({' '.join(cmd)}); see {log_dir}/{name}.log")
+        raise ScriptError(f"{name} failed ({' '.join(cmd)}); see {log_dir}/{name}.log")
     return proc.stdout + proc.stderr, seconds
 
 
@@ -92,8 +93,8 @@ def whole_split_val_loss(ckpt_path):
     the printed val loss averages 20 random batches, which differ from run to run by about +-0.013."""
     import numpy as np
     import torch
-    from checkpoint import load_checkpoint, model_from_checkpoint
-    from dataset import dataset_dir, load_meta, open_split
+    from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nanogpt.data import dataset_dir, load_meta, open_split
     checkpoint = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(checkpoint, ckpt_path).eval()
     block, vocab_size = checkpoint['model_args']['block_size'], checkpoint['model_args']['vocab_size']
@@ -200,4 +201,4 @@ if device == 'cpu':
 elif device.startswith('cuda'):
     gpu_comparison()
 else:
-    raise SystemExit(f"error: device={device!r}: use cpu or cuda")
+    raise ScriptError(f"device={device!r}: use cpu or cuda")

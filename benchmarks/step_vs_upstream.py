@@ -22,9 +22,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configurator import configure  # noqa: E402
-from dataset import dataset_dir, get_batch  # noqa: E402
+from nanogpt import ScriptError  # noqa: E402
+from nanogpt.data import dataset_dir, get_batch  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from train_step import train_step  # noqa: E402
+from nanogpt.training import train_step  # noqa: E402
 
 # -----------------------------------------------------------------------------
 upstream = ''  # a checkout of karpathy/nanoGPT (its model.py is imported from there)
@@ -34,12 +35,12 @@ block_iters = 20  # iterations per block
 # -----------------------------------------------------------------------------
 configure(globals())
 if not upstream or not os.path.isfile(os.path.join(upstream, 'model.py')):
-    raise SystemExit("error: give --upstream=PATH, a checkout of https://github.com/karpathy/nanoGPT")
+    raise ScriptError("give --upstream=PATH, a checkout of https://github.com/karpathy/nanoGPT")
 MODEL = dict(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
 BATCH, BLOCK = 12, 64
 train_bin = os.path.join(dataset_dir('shakespeare_char'), 'train.bin')
 if not os.path.exists(train_bin):
-    raise SystemExit("error: run python data/shakespeare_char/prepare.py first")
+    raise ScriptError("run python data/shakespeare_char/prepare.py first")
 
 
 def upstream_iteration():
@@ -79,10 +80,13 @@ def our_iteration(dtype):
     data = np.memmap(train_bin, dtype=np.uint16, mode='r')
     state = {'it': 0, 'xy': get_batch(data, BATCH, BLOCK, (1337, 0, 0, 0), 65)}
 
+    def batch(it, micro_step):
+        return get_batch(data, BATCH, BLOCK, (1337, 0, it, micro_step), 65)
+
     def iteration():
+        x, y, loss, norm = train_step(model, optimizer, scaler, ctx, *state['xy'], batch=batch, it=state['it'],
+                                      micro_steps=1, grad_clip=1.0)
         state['it'] += 1
-        x, y, loss, norm = train_step(model, optimizer, scaler, ctx, *state['xy'],
-                                      lambda micro: get_batch(data, BATCH, BLOCK, (1337, 0, state['it'], 0), 65), 1, 1.0)
         state['xy'] = (x, y)
         return torch.stack((loss, norm)).tolist()
     return iteration

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from configurator import configure  # noqa: E402
+from nanogpt import ScriptError  # noqa: E402
 
 # -----------------------------------------------------------------------------
 input = ''  # a UTF-8 text file, or a folder of .txt files
@@ -29,19 +30,19 @@ val_fraction = 0.1  # the last part of the text, held out for validation
 # -----------------------------------------------------------------------------
 configure(globals())
 if not input or not dataset:
-    raise SystemExit("error: give the text and a name: python data/prepare.py --input=PATH --dataset=NAME")
+    raise ScriptError("give the text and a name: python data/prepare.py --input=PATH --dataset=NAME")
 if tokenizer not in ('char', 'gpt2'):
-    raise SystemExit(f"error: tokenizer={tokenizer!r}: use 'char' or 'gpt2'")
+    raise ScriptError(f"tokenizer={tokenizer!r}: use 'char' or 'gpt2'")
 if not isinstance(val_fraction, float) or not 0.0 < val_fraction < 1.0:
-    raise SystemExit(f"error: val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
+    raise ScriptError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
 if not os.path.exists(input):
-    raise SystemExit(f"error: {input} does not exist")
+    raise ScriptError(f"{input} does not exist")
 
 # the text: one file, or a folder's .txt files joined
 if os.path.isdir(input):
     files = sorted(p for p in glob.glob(os.path.join(input, '**', '*.txt'), recursive=True) if os.path.isfile(p))
     if not files:
-        raise SystemExit(f"error: no .txt files in the folder {input}")
+        raise ScriptError(f"no .txt files in the folder {input}")
 else:
     files = [input]
 texts = []
@@ -51,15 +52,14 @@ with tqdm(files, desc='reading', unit='file', disable=len(files) < 1000) as bar:
             with open(path, encoding='utf-8') as f:
                 texts.append(f.read())
         except UnicodeDecodeError as e:
-            raise SystemExit(f"error: {path} is not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
+            raise ScriptError(f"{path} is not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
                              f"{e.start}); convert it to UTF-8 or move it out of the way")
         except OSError as e:
-            raise SystemExit(f"error: cannot read {path}: {e.strerror or e}")
+            raise ScriptError(f"cannot read {path}: {e.strerror or e}")
 text = '\n\n'.join(texts)
 texts = None
-# dataset.py imports torch, which takes seconds: only now that the input is known to be readable. (And
-# after configure(): its int GPT2_VOCAB_SIZE, imported before, would pass for a config key.)
-from dataset import GPT2_VOCAB_SIZE, char_vocab, dataset_dir, gpt2_encoding, write_dataset  # noqa: E402
+# nanogpt.data imports torch, which takes seconds: only now that the input is known to be readable
+from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, char_vocab, dataset_dir, gpt2_encoding, write_dataset  # noqa: E402
 n = len(text)
 split = int(n * (1 - val_fraction))  # as shakespeare_char's int(n * 0.9) for the default 0.1
 print(f"{len(files):,} file(s), {n:,} characters")
@@ -88,7 +88,7 @@ if tokenizer == 'char':
         return np.fromiter((stoi[c] for c in piece), dtype=id_dtype, count=len(piece))
 else:
     enc = gpt2_encoding()
-    meta = {'vocab_size': GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2'}
+    meta = {'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2'}
 
     def encode(piece):
         return np.array(enc.encode_ordinary(piece), dtype=np.uint16)
@@ -107,7 +107,7 @@ print(f"val has {len(ids['val']):,} tokens")
 
 # a split needs at least two tokens, one to read and one to predict (train.py wants more than block_size)
 if len(ids['train']) < 2 or len(ids['val']) < 2:
-    raise SystemExit(f"error: {input} is too small to split: train gets {len(ids['train'])} tokens and val "
+    raise ScriptError(f"{input} is too small to split: train gets {len(ids['train'])} tokens and val "
                      f"{len(ids['val'])} with val_fraction={val_fraction}, each needs at least 2; give more text")
 
 out_dir = dataset_dir(dataset)

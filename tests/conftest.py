@@ -1,6 +1,7 @@
-"""Shared fixtures: a throwaway copy of the project to run the real scripts in, the canonical tiny
-Shakespeare text and GPT-2 BPE file from ../shared/data, and a tiny model configuration."""
+"""Shared fixtures: a throwaway copy of the project to run the real scripts in, the tiny Shakespeare
+text the project ships, the GPT-2 BPE file from ../shared/data, and a tiny model configuration."""
 
+import math
 import os
 import re
 import shutil
@@ -12,9 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-SHARED_DATA = REPO.parent / 'shared' / 'data'
-SHAKESPEARE_TXT = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
-GPT2_BPE = SHARED_DATA / 'gpt2_bpe' / 'gpt2.tiktoken'
+SHAKESPEARE_TXT = REPO / 'data' / 'shakespeare_char' / 'input.txt'  # shipped with the project
+# tiktoken's GPT-2 BPE file, for the BPE tests: where the user points at one, else the shared data beside the project
+GPT2_BPE = Path(os.environ.get('NANOGPT_GPT2_BPE') or REPO.parent / 'shared' / 'data' / 'gpt2_bpe' / 'gpt2.tiktoken')
 
 # a model small enough that a training iteration takes milliseconds on a CPU
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--dropout=0.0',
@@ -22,6 +23,17 @@ TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_
 
 ITER_LINE = re.compile(r'^iter (\d+): loss (\d+\.\d{4}), time (\d+\.\d{2})ms, mfu (\d+\.\d{2}%|n/a)$')
 STEP_LINE = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})(, .*)?$')
+
+
+def upstream_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """upstream nanoGPT's get_lr, written out here as a reference independent of train.py's: a linear
+    warmup over warmup_iters steps, then a cosine from learning_rate down to min_lr at lr_decay_iters."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (learning_rate - min_lr)
 
 
 def script_env(**extra):
@@ -33,12 +45,14 @@ def script_env(**extra):
 
 
 def copy_project(dest):
-    """The project's scripts, configs and prepare scripts (no generated data) under dest."""
+    """The project's scripts, helper package, configs, prepare scripts and shipped text (no generated
+    data) under dest."""
     dest = Path(dest)
     for path in REPO.glob('*.py'):
         shutil.copy(path, dest / path.name)
-    shutil.copytree(REPO / 'config', dest / 'config')
-    for path in (REPO / 'data').rglob('*.py'):
+    for folder in ('config', 'nanogpt'):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns('__pycache__'))
+    for path in [*(REPO / 'data').rglob('*.py'), SHAKESPEARE_TXT]:
         target = dest / path.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)
@@ -60,8 +74,6 @@ def iter_lines(stdout):
 
 @pytest.fixture(scope='session')
 def shakespeare_txt():
-    if not SHAKESPEARE_TXT.exists():
-        pytest.skip(f"{SHAKESPEARE_TXT} is not here")
     return SHAKESPEARE_TXT
 
 
@@ -73,8 +85,8 @@ def gpt2_bpe():
 
 
 @pytest.fixture(scope='session')
-def project(tmp_path_factory, shakespeare_txt):
+def project(tmp_path_factory):
     """A copy of the project with data/shakespeare_char prepared by its own prepare.py."""
     dest = copy_project(tmp_path_factory.mktemp('project'))
-    run_script(dest, 'data/shakespeare_char/prepare.py', shakespeare_txt)
+    run_script(dest, 'data/shakespeare_char/prepare.py')
     return dest

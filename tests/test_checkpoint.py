@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from checkpoint import clean_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from model import GPT, GPTConfig
+from nanogpt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 
 
 def tiny():
@@ -23,7 +23,7 @@ def test_round_trip_gives_identical_logits(tmp_path):
     save_checkpoint(str(path), {'model': model.state_dict(), 'optimizer': opt.state_dict(),
                                 'model_args': dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16,
                                                    bias=False, dropout=0.0),
-                                'iter_num': 7, 'best_val_loss': 1.5, 'config': {'a': 1}, 'rng': rng_state()})
+                                'iter_num': 7, 'best_val_loss': 1.5, 'config': {'a': 1}})
     assert os.listdir(tmp_path) == ['ckpt.pt']  # no temporary file left
     ckpt = torch.load(path, map_location='cpu', weights_only=True)  # plain types only
     restored = GPT(GPTConfig(**ckpt['model_args']))
@@ -36,16 +36,6 @@ def test_prefixes_are_stripped_and_mask_buffers_dropped():
     sd = {'_orig_mod.lm_head.weight': torch.zeros(1), 'module._orig_mod.transformer.wte.weight': torch.zeros(1),
           'transformer.h.0.attn.bias': torch.zeros(1, 1, 4, 4)}
     assert set(clean_state_dict(sd)) == {'lm_head.weight', 'transformer.wte.weight'}
-
-
-def test_rng_state_round_trip():
-    import random
-    import numpy as np
-    state = rng_state()
-    a = (torch.rand(3), np.random.rand(3), random.random())
-    set_rng_state(state)
-    b = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
 
 
 def test_failed_save_leaves_the_old_checkpoint(tmp_path):

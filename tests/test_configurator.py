@@ -28,19 +28,44 @@ def test_unknown_key_in_a_config_file(tmp_path):
         configure(defaults(), [str(path)], verbose=False)
 
 
-def test_wrong_type_is_an_error_except_int_to_float_and_none():
-    with pytest.raises(SystemExit, match=r"batch_size expects int, got float 3.5"):
-        configure(defaults(), ['--batch_size=3.5'], verbose=False)
-    with pytest.raises(SystemExit, match=r"batch_size expects int, got str 'abc'"):
-        configure(defaults(), ['--batch_size=abc'], verbose=False)
-    with pytest.raises(SystemExit, match=r"batch_size expects int, got bool"):
-        configure(defaults(), ['--batch_size=True'], verbose=False)
+@pytest.mark.parametrize('arg,message', [
+    ('--batch_size=3.5', "batch_size expects int, got float 3.5"),
+    ('--batch_size=3.0', "batch_size expects int, got float 3.0"),  # an int key takes ints only
+    ('--batch_size=abc', "batch_size expects int, got str 'abc'"),
+    ('--batch_size=True', "batch_size expects int, got bool True"),  # booleans are not numbers
+    ('--learning_rate=True', "learning_rate expects float, got bool True"),
+    ('--learning_rate=1e-3x', "learning_rate expects float, got str '1e-3x'"),
+    ('--compile=2', "compile expects bool, got int 2"),
+    ('--out_dir=None', "out_dir needs a value, not None (on the command line)"),  # None only where it is the default
+    ('--batch_size=None', "batch_size needs a value, not None"),
+])
+def test_wrong_type_is_an_error(arg, message):
+    with pytest.raises(SystemExit) as e:
+        configure(defaults(), [arg], verbose=False)
+    assert str(e.value).startswith('error: ' + message), str(e.value)
+
+
+def test_int_for_float_and_anything_for_a_none_default():
     g = defaults()
-    configure(g, ['--learning_rate=1', '--top_k=5', '--out_dir=None'], verbose=False)
+    configure(g, ['--learning_rate=1', '--top_k=5'], verbose=False)
     assert g['learning_rate'] == 1.0 and isinstance(g['learning_rate'], float)
-    assert g['top_k'] == 5 and g['out_dir'] is None
+    assert g['top_k'] == 5
+    g = defaults()
     configure(g, ['--top_k=None'], verbose=False)
     assert g['top_k'] is None
+
+
+def test_positive_ints_are_checked_after_every_override(tmp_path):
+    path = tmp_path / 'c.py'
+    path.write_text("batch_size = 0\n")
+    configure(defaults(), [str(path), '--batch_size=2'], verbose=False, positive_ints=('batch_size',))  # fixed later on
+    for bad in ('0', '-3'):
+        with pytest.raises(SystemExit, match=rf"^error: batch_size must be a positive integer, got {bad}$"):
+            configure(defaults(), [f'--batch_size={bad}'], verbose=False, positive_ints=('batch_size',))
+    g = defaults()
+    with pytest.raises(SystemExit):
+        configure(g, [str(path)], verbose=False, positive_ints=('batch_size',))
+    assert g['batch_size'] == 12  # the script's globals are left alone
 
 
 @pytest.mark.parametrize('text,value', [('false', False), ('False', False), ('0', False), ('true', True),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from dataset import char_vocab, get_batch, load_tokenizer, open_split, write_dataset
+from nanogpt.data import char_vocab, get_batch, load_tokenizer, open_split, write_dataset
 
 
 def test_batches_are_windows_shifted_by_one():
@@ -72,14 +72,23 @@ def test_shakespeare_char_prepare_counts(project):
     assert (folder / 'val.bin').stat().st_size == 2 * 111_540
 
 
-def test_prepare_without_file_or_network_is_one_clear_line(tmp_path):
-    from conftest import copy_project
+def test_prepare_takes_another_text_and_leaves_the_shipped_one(tmp_path):
+    from conftest import SHAKESPEARE_TXT, copy_project
     copy_project(tmp_path)
-    proc = run_script(tmp_path, 'data/shakespeare_char/prepare.py', check=False)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().startswith('error: could not download') and len(proc.stderr.strip().splitlines()) == 1
-    assert 'Traceback' not in proc.stderr
-    assert not (tmp_path / 'data' / 'shakespeare_char' / 'train.bin').exists()
+    folder = tmp_path / 'data' / 'shakespeare_char'
+    other = tmp_path / 'other.txt'
+    other.write_text('abcdefghij' * 100, encoding='utf-8')
+    run_script(tmp_path, 'data/shakespeare_char/prepare.py', other)
+    with open(folder / 'meta.pkl', 'rb') as f:
+        assert pickle.load(f)['vocab_size'] == 10
+    assert (folder / 'train.bin').stat().st_size == 2 * 900 and (folder / 'val.bin').stat().st_size == 2 * 100
+    assert (folder / 'input.txt').read_bytes() == SHAKESPEARE_TXT.read_bytes()  # not replaced by the other text
+
+    proc = run_script(tmp_path, 'data/shakespeare_char/prepare.py', tmp_path / 'missing.txt', check=False)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip() == f"error: cannot read {tmp_path / 'missing.txt'}: [Errno 2] No such file or directory: " \
+                                  f"'{tmp_path / 'missing.txt'}'"
+    assert (folder / 'train.bin').stat().st_size == 2 * 900  # the dataset prepared before is still whole
 
 
 def test_gpt2_tokens_that_split_a_character_decode_safely_one_at_a_time(gpt2_bpe, monkeypatch):

@@ -1,6 +1,6 @@
 import pytest
 
-from devices import (cuda_graphs_accumulation_error, device_peak_flops, format_mfu, mfu, peak_flops, pick_device,
+from nanogpt.device import (cuda_graphs_accumulation_error, device_peak_flops, format_mfu, mfu, peak_flops, pick_device,
                      pick_dtype)
 
 T = 1e12
@@ -116,9 +116,9 @@ def test_cuda_graphs_refuse_gradient_accumulation(device, compile, mode, micro_s
 
 
 def test_cpu_bfloat16_warns_only_where_torch_emulates_it(monkeypatch, capsys):
-    import devices
+    from nanogpt import device
     for fast, warned in ((True, False), (False, True)):
-        monkeypatch.setattr(devices, 'cpu_has_fast_bfloat16', lambda: fast)
+        monkeypatch.setattr(device, 'cpu_has_fast_bfloat16', lambda: fast)
         assert pick_dtype('cpu', 'bfloat16') == 'bfloat16'
         assert ('likely slower than float32' in capsys.readouterr().err) == warned
 
@@ -129,9 +129,10 @@ def test_keep_freed_host_memory_stops_page_faults_in_training_steps():
     from conftest import REPO
     # the CPU config's model: its steps allocate and free buffers of 0.1-2 MiB
     script = '''
-import resource, sys, torch, devices
+import resource, sys, torch
 from model import GPT, GPTConfig
-kept = devices.keep_freed_host_memory() if sys.argv[1] == 'keep' else None
+from nanogpt.device import keep_freed_host_memory
+kept = keep_freed_host_memory() if sys.argv[1] == 'keep' else None
 torch.manual_seed(0)
 model = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False))
 optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu', verbose=False)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import model as model_module
 from model import GPT, GPTConfig, sample_next_token
 
 UPSTREAM_NAMES = {
@@ -28,6 +29,11 @@ def test_shapes_and_upstream_parameter_names():
     assert logits.shape == (3, 1, 50) and loss is None
     assert set(model.state_dict()) == UPSTREAM_NAMES
     assert model.lm_head.weight is model.transformer.wte.weight  # tied
+
+
+def test_bad_shape_is_a_value_error():
+    with pytest.raises(ValueError, match='n_embd=30 is not divisible by n_head=4'):
+        tiny(n_embd=30, n_head=4)
 
 
 def test_bias_parameters_exist_only_with_bias():
@@ -84,12 +90,11 @@ def test_num_params_and_flops_per_token():
     assert model.flops_per_token(8) == 6 * n + 12 * 2 * 2 * 8 * 8
 
 
-def test_plain_attention_matches_scaled_dot_product_attention():
+def test_plain_attention_matches_scaled_dot_product_attention(monkeypatch):
     model = tiny()
     idx = torch.randint(50, (2, 16))
     expected, _ = model(idx, idx)
-    for block in model.transformer.h:
-        block.attn.flash = False
+    monkeypatch.setattr(model_module, 'plain_attention_is_faster', lambda q, kv_len: True)
     got, _ = model(idx, idx)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -139,8 +144,10 @@ def test_kv_cache_gives_the_same_tokens(temperature, top_k, top_p):
     assert torch.equal(outputs[0], outputs[1])
 
 
-def test_kv_cache_logits_match_full_forward():
+@pytest.mark.parametrize('plain', [False, True])
+def test_kv_cache_logits_match_full_forward(monkeypatch, plain):
     from model import KVCache
+    monkeypatch.setattr(model_module, 'plain_attention_is_faster', lambda q, kv_len: plain)
     model = tiny().eval()
     idx = torch.randint(50, (2, 12))
     cache = KVCache(model.config, 2, 'cpu', torch.float32)

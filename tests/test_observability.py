@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 
-from conftest import ITER_LINE, STEP_LINE, TINY, run_script, script_env
-from lr_schedule import get_lr
-from metrics import read_metrics
+from conftest import ITER_LINE, STEP_LINE, TINY, run_script, script_env, upstream_lr
+from nanogpt.files import read_metrics
 
 TRAIN = ['train.py', 'config/train_shakespeare_char.py', *TINY]
 TOKENS_PER_ITER = 4 * 32  # batch_size * block_size of TINY, gradient_accumulation_steps=1 in the config
@@ -76,7 +75,7 @@ def test_metrics_rows_match_the_log(run12):
     assert [r['iter'] for r in its] == [0, 2, 4, 6, 8, 10]
     assert all(set(r) == {'iter', 'loss', 'lr', 'time_ms', 'mfu', 'tokens'} for r in its)
     assert [r['tokens'] for r in its] == [(r['iter'] + 1) * TOKENS_PER_ITER for r in its]  # seen so far
-    assert [r['lr'] for r in its] == [get_lr(r['iter'], 1e-3, 5, 5000, 1e-4) for r in its]
+    assert [r['lr'] for r in its] == [upstream_lr(r['iter'], 1e-3, 5, 5000, 1e-4) for r in its]
     lines = printed(stdout, ITER_LINE)
     assert [int(m.group(1)) for m in lines] == [r['iter'] for r in its]
     for m, r in zip(lines, its):

@@ -59,7 +59,7 @@ def sample_text(stdout):
 
 def test_shakespeare_bpe_counts(tmp_path, shakespeare_txt, gpt2_bpe):
     copy_project(tmp_path)
-    run_script(tmp_path, 'data/shakespeare/prepare.py', shakespeare_txt)  # script_env sets NANOGPT_GPT2_BPE
+    run_script(tmp_path, "data/shakespeare/prepare.py")  # the shipped text; script_env sets NANOGPT_GPT2_BPE
     folder = tmp_path / 'data' / 'shakespeare'
     assert (folder / 'train.bin').stat().st_size == 2 * 301_966
     assert (folder / 'val.bin').stat().st_size == 2 * 36_059
@@ -87,7 +87,7 @@ def test_shakespeare_bpe_without_tokenizer_file(tmp_path, shakespeare_txt):
     for (folder, _, expected), proc in zip(cases, results):
         assert expected in one_error_line(proc)
         written = [p.name for p in (folder / 'data' / 'shakespeare').iterdir()]
-        assert sorted(written) == ['input.txt', 'prepare.py']  # the copied text, no tokens or meta
+        assert sorted(written) == ['prepare.py']  # no tokens or meta
 
 
 # ----------------------------------------------------------------------------- data/prepare.py

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY, iter_lines, run_script, script_env
-from dataset import write_dataset
+from nanogpt.data import write_dataset
 
 TRAIN = ['train.py', 'config/train_shakespeare_char.py', *TINY]
 
@@ -144,7 +144,7 @@ def wait_for_line(proc, prefix):
 
 
 def test_kill_9_at_random_moments_leaves_a_loadable_checkpoint(project, tmp_path):
-    from checkpoint import load_checkpoint
+    from nanogpt.checkpoint import load_checkpoint
     rng = random.Random(0)
     out = tmp_path / 'out'
     for attempt in range(3):

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
-from dataset import get_batch
-from lr_schedule import get_lr
-from metrics import read_metrics
+from conftest import run_script, upstream_lr
 from model import GPT, GPTConfig
+from nanogpt.data import get_batch
+from nanogpt.files import read_metrics
 
 SEED, ITERS, ACCUM, BATCH, BLOCK = 1337, 10, 2, 4, 32
 HPARAMS = dict(learning_rate=5e-3, warmup_iters=2, lr_decay_iters=ITERS, min_lr=1e-4)
@@ -38,7 +37,7 @@ def reference_losses(train_bin):
     losses = []
     for it in range(ITERS):
         for group in optimizer.param_groups:
-            group['lr'] = get_lr(it, **HPARAMS)
+            group['lr'] = upstream_lr(it, **HPARAMS)
         total = 0.0
         for micro_step in range(ACCUM):
             X, Y = get_batch(data, BATCH, BLOCK, (SEED, 0, it, micro_step), 65)  # train.py's batch seeds

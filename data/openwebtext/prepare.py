@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from configurator import configure  # noqa: E402
+from nanogpt import ScriptError  # noqa: E402
 
 # The tokenizer of each worker process, made on its first document. Workers get tokenize() by
 # pickling; a module-level function that builds its own encoding travels light and works the same
@@ -25,7 +26,7 @@ _enc = None
 def tokenize(example):
     global _enc
     if _enc is None:
-        from dataset import gpt2_encoding
+        from nanogpt.data import gpt2_encoding
         _enc = gpt2_encoding()
     ids = _enc.encode_ordinary(example['text'])  # special tokens in the text are plain text here
     ids.append(_enc.eot_token)  # <|endoftext|> (50256) closes each document
@@ -39,14 +40,13 @@ num_proc = max(1, (os.cpu_count() or 2) // 2)  # worker processes for downloadin
 if __name__ == '__main__':
     configure(globals())
     if not isinstance(num_proc, int) or num_proc < 1:
-        raise SystemExit(f"error: num_proc must be a positive integer, got {num_proc!r}")
+        raise ScriptError(f"num_proc must be a positive integer, got {num_proc!r}")
     try:
         import datasets
     except ImportError:
-        raise SystemExit("error: this script needs the datasets package: pip install datasets")
-    # dataset.py imports torch (seconds), so only now; and after configure(), which would take its
-    # int GPT2_VOCAB_SIZE for a config key
-    from dataset import GPT2_VOCAB_SIZE, gpt2_encoding
+        raise ScriptError("this script needs the datasets package: pip install datasets")
+    # nanogpt.data imports torch (seconds), so only now
+    from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, gpt2_encoding
     gpt2_encoding()  # fail now, not after the download, if the BPE cannot be had
     here = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,7 +54,7 @@ if __name__ == '__main__':
     try:
         corpus = datasets.load_dataset('openwebtext', num_proc=num_proc)
     except (ConnectionError, OSError) as e:  # offline, or the hub is unreachable
-        raise SystemExit(f"error: could not load openwebtext from the Hugging Face hub ({type(e).__name__}: {e})")
+        raise ScriptError(f"could not load openwebtext from the Hugging Face hub ({type(e).__name__}: {e})")
     splits = corpus['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
     splits['val'] = splits.pop('test')
     tokenized = splits.map(tokenize, remove_columns=['text'], desc='tokenizing', num_proc=num_proc)
@@ -83,5 +83,5 @@ if __name__ == '__main__':
         print(f"{split}.bin has {total:,} tokens")
 
     with open(os.path.join(here, 'meta.pkl.tmp'), 'wb') as f:
-        pickle.dump({'vocab_size': GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2', 'dtype': 'uint16'}, f)
+        pickle.dump({'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2', 'dtype': 'uint16'}, f)
     os.replace(os.path.join(here, 'meta.pkl.tmp'), os.path.join(here, 'meta.pkl'))

@@ -1,17 +1,16 @@
 """
 Tiny Shakespeare as characters: train.bin and val.bin (uint16 ids) and meta.pkl (vocab_size, stoi,
-itos) in this folder. Reads input.txt here, else the path given as the first argument, else downloads it.
-$ python data/shakespeare_char/prepare.py [path/to/input.txt]
+itos) in this folder, from the copy of the text shipped here (input.txt), or from the text file given.
+$ python data/shakespeare_char/prepare.py [path/to/other.txt]
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from dataset import char_vocab, input_text, write_dataset  # noqa: E402
+from nanogpt.data import SHAKESPEARE_TXT, char_vocab, read_text, write_dataset  # noqa: E402
 
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 here = os.path.dirname(os.path.abspath(__file__))
-text = input_text(here, sys.argv, URL)
+text = read_text(sys.argv[1] if len(sys.argv) > 1 else SHAKESPEARE_TXT)
 print(f"length of dataset in characters: {len(text):,}")
 
 stoi, itos = char_vocab(text)

@@ -1,5 +1,5 @@
 """
-Data on disk and tokenizers, shared by the prepare scripts, train.py, bench.py and sample.py.
+Datasets on disk, batches and tokenizers, shared by the prepare scripts, train.py, bench.py and sample.py.
 
 A dataset is a folder data/<name>/ with train.bin and val.bin, flat arrays of token ids (uint16, or
 uint32 where meta.pkl says 'dtype': 'uint32'), and meta.pkl with vocab_size and the tokenizer:
@@ -12,8 +12,14 @@ import pickle
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-GPT2_VOCAB_SIZE = 50304  # 50257 tokens padded up to a multiple of 64, as upstream nanoGPT
+from nanogpt import ScriptError
+from nanogpt.files import atomic_write
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: data/ and the scripts
+SHAKESPEARE_TXT = os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')  # tiny Shakespeare, shipped
+GPT2_VOCAB_SIZE = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext|>
+GPT2_EOT_TOKEN = 50256  # <|endoftext|>
+PADDED_GPT2_VOCAB_SIZE = 50304  # GPT-2's vocabulary padded up to a multiple of 64 for speed, as upstream's
 GPT2_BPE_ENV = 'NANOGPT_GPT2_BPE'
 FULL_CHECK_TOKENS = 1 << 29  # token files up to this size are checked whole at start; larger ones batch by batch
 
@@ -41,16 +47,16 @@ def load_meta(data_dir):
         with open(path, 'rb') as f:
             meta = pickle.load(f)
     except Exception as e:
-        raise SystemExit(f"error: cannot read {path} ({type(e).__name__}: {e}); prepare the dataset again")
+        raise ScriptError(f"cannot read {path} ({type(e).__name__}: {e}); prepare the dataset again")
     if not isinstance(meta, dict):
-        raise SystemExit(f"error: {path} does not hold a dict; prepare the dataset again")
+        raise ScriptError(f"{path} does not hold a dict; prepare the dataset again")
     return meta
 
 
 def token_dtype(meta):
     dtype = meta.get('dtype', 'uint16')
     if dtype not in ('uint16', 'uint32'):
-        raise SystemExit(f"error: meta.pkl names token dtype {dtype!r}; expected uint16 or uint32")
+        raise ScriptError(f"meta.pkl names token dtype {dtype!r}; expected uint16 or uint32")
     return np.dtype(dtype)
 
 
@@ -61,16 +67,16 @@ def open_split(data_dir, split, meta, block_size, vocab_size, dataset=None):
     path = os.path.join(data_dir, f'{split}.bin')
     hint = prepare_hint(dataset or os.path.basename(data_dir))
     if not os.path.isdir(data_dir):
-        raise SystemExit(f"error: no dataset folder {data_dir}; {hint}")
+        raise ScriptError(f"no dataset folder {data_dir}; {hint}")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} does not exist; {hint}")
+        raise ScriptError(f"{path} does not exist; {hint}")
     dtype = token_dtype(meta)
     size = os.path.getsize(path)
     if size % dtype.itemsize:
-        raise SystemExit(f"error: {path} is not a whole number of {dtype} tokens; prepare the dataset again")
+        raise ScriptError(f"{path} is not a whole number of {dtype} tokens; prepare the dataset again")
     n = size // dtype.itemsize
     if n <= block_size:
-        raise SystemExit(f"error: {path} has {n} tokens, it needs more than block_size={block_size}; "
+        raise ScriptError(f"{path} has {n} tokens, it needs more than block_size={block_size}; "
                          f"use a smaller block_size or more data")
     data = np.memmap(path, dtype=dtype, mode='r')
     if n <= FULL_CHECK_TOKENS:
@@ -81,7 +87,7 @@ def open_split(data_dir, split, meta, block_size, vocab_size, dataset=None):
 def check_token_ids(tokens, vocab_size, where):
     top = int(tokens.max()) if len(tokens) else 0
     if top >= vocab_size:
-        raise SystemExit(f"error: {where} holds token id {top}, not below the model's vocab_size {vocab_size}; "
+        raise ScriptError(f"{where} holds token id {top}, not below the model's vocab_size {vocab_size}; "
                          f"the data and the model's vocabulary do not match")
 
 
@@ -112,18 +118,18 @@ def gpt2_encoding():
     except Exception as download_error:
         path = os.environ.get(GPT2_BPE_ENV)
         if not path:
-            raise SystemExit(f"error: tiktoken could not download the GPT-2 BPE ({type(download_error).__name__}); "
+            raise ScriptError(f"tiktoken could not download the GPT-2 BPE ({type(download_error).__name__}); "
                              f"offline, set {GPT2_BPE_ENV} to a local gpt2.tiktoken file")
         if not os.path.isfile(path):
-            raise SystemExit(f"error: {GPT2_BPE_ENV}={path} does not exist, and tiktoken could not download the GPT-2 BPE")
+            raise ScriptError(f"{GPT2_BPE_ENV}={path} does not exist, and tiktoken could not download the GPT-2 BPE")
         from tiktoken.load import load_tiktoken_bpe
         from tiktoken_ext.openai_public import r50k_pat_str
         try:
             ranks = load_tiktoken_bpe(path)
         except Exception as e:
-            raise SystemExit(f"error: {GPT2_BPE_ENV}={path} is not a tiktoken BPE file ({type(e).__name__}: {e})")
+            raise ScriptError(f"{GPT2_BPE_ENV}={path} is not a tiktoken BPE file ({type(e).__name__}: {e})")
         return tiktoken.Encoding(name='gpt2', pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                 special_tokens={'<|endoftext|>': 50256})
+                                 special_tokens={'<|endoftext|>': GPT2_EOT_TOKEN})
 
 
 def char_vocab(text):
@@ -142,7 +148,7 @@ def load_tokenizer(meta, where='this dataset'):
             unknown = sorted(set(ch for ch in text if ch not in stoi))
             if unknown:
                 shown = ', '.join(repr(ch) for ch in unknown[:10]) + (' ...' if len(unknown) > 10 else '')
-                raise SystemExit(f"error: the prompt has characters that are not in the vocabulary of {where}: {shown}")
+                raise ScriptError(f"the prompt has characters that are not in the vocabulary of {where}: {shown}")
             return [stoi[ch] for ch in text]
 
         def decode_bytes(ids):
@@ -162,45 +168,23 @@ def load_tokenizer(meta, where='this dataset'):
 # ----------------------------------------------------------------------------- writing datasets
 
 def write_dataset(out_dir, train_ids, val_ids, meta):
-    """train.bin, val.bin and meta.pkl in out_dir, each written to a temporary name and renamed, so
-    an interrupted prepare leaves no half-written file behind. meta gains the token dtype."""
+    """train.bin, val.bin and meta.pkl in out_dir, each written whole or not at all (atomic_write).
+    meta gains the token dtype."""
     os.makedirs(out_dir, exist_ok=True)
     dtype = np.uint32 if meta['vocab_size'] > 65535 else np.uint16
     meta = dict(meta, dtype=np.dtype(dtype).name)
     for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
-        path = os.path.join(out_dir, name)
-        np.asarray(ids, dtype=dtype).tofile(path + '.tmp')
-        os.replace(path + '.tmp', path)
-    path = os.path.join(out_dir, 'meta.pkl')
-    with open(path + '.tmp', 'wb') as f:
+        with atomic_write(os.path.join(out_dir, name)) as f:
+            np.asarray(ids, dtype=dtype).tofile(f)
+    with atomic_write(os.path.join(out_dir, 'meta.pkl')) as f:
         pickle.dump(meta, f)
-    os.replace(path + '.tmp', path)
     return meta
 
 
-def input_text(folder, argv, url):
-    """The text a prepare script works on: input.txt in its folder if present, else the file named
-    by its first argument (copied there as input.txt), else downloaded from url."""
-    path = os.path.join(folder, 'input.txt')
-    if not os.path.exists(path):
-        if len(argv) > 1:
-            source = argv[1]
-            try:
-                with open(source, encoding='utf-8') as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError) as e:
-                raise SystemExit(f"error: cannot read {source}: {e}")
-        else:
-            import requests
-            try:
-                response = requests.get(url, timeout=30)
-                response.raise_for_status()
-            except requests.RequestException as e:
-                raise SystemExit(f"error: could not download {url} ({type(e).__name__}); without network, put the "
-                                 f"text at {path} or pass its path: python {os.path.relpath(folder, ROOT)}/prepare.py PATH")
-            text = response.text
-        with open(path + '.tmp', 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(path + '.tmp', path)
-    with open(path, encoding='utf-8') as f:
-        return f.read()
+def read_text(path):
+    """The UTF-8 text a prepare script works on."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScriptError(f"cannot read {path}: {e}")

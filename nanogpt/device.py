@@ -10,6 +10,8 @@ from contextlib import nullcontext
 
 import torch
 
+from nanogpt import ScriptError
+
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 # Dense (not sparse) peak FLOP/s per GPU: the tensor-core rate for bfloat16 and float16 with float32
@@ -117,15 +119,15 @@ def pick_device(requested):
         return 'cpu'
     kind = requested.split(':')[0]
     if kind not in ('cpu', 'cuda', 'mps') or (kind != 'cuda' and ':' in requested):
-        raise SystemExit(f"error: unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise ScriptError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
     if kind == 'cuda':
         if not torch.cuda.is_available():
-            raise SystemExit(f"error: device {requested!r} asked for, but this torch sees no CUDA GPU; use device=cpu (or auto)")
+            raise ScriptError(f"device {requested!r} asked for, but this torch sees no CUDA GPU; use device=cpu (or auto)")
         index = requested.partition(':')[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise SystemExit(f"error: no GPU {requested!r}: this machine has {torch.cuda.device_count()}")
+            raise ScriptError(f"no GPU {requested!r}: this machine has {torch.cuda.device_count()}")
     if kind == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
-        raise SystemExit("error: device 'mps' asked for, but MPS is not available here; use device=cpu (or auto)")
+        raise ScriptError("device 'mps' asked for, but MPS is not available here; use device=cpu (or auto)")
     return requested
 
 
@@ -138,16 +140,16 @@ def pick_dtype(device, requested):
             return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
         return 'float32'
     if requested not in DTYPES:
-        raise SystemExit(f"error: unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
+        raise ScriptError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
     if kind == 'cuda' and requested == 'bfloat16' and not torch.cuda.is_bf16_supported():
-        raise SystemExit(f"error: this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use dtype=float16")
+        raise ScriptError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use dtype=float16")
     if kind == 'cpu' and requested == 'float16':
-        raise SystemExit("error: float16 training needs a GPU; on cpu use dtype=float32 or bfloat16")
+        raise ScriptError("float16 training needs a GPU; on cpu use dtype=float32 or bfloat16")
     if kind == 'cpu' and requested == 'bfloat16' and not cpu_has_fast_bfloat16():
         print("warning: this CPU has no fast bfloat16 kernels in torch (they need AVX-512 or Arm's BF16), "
               "so dtype=bfloat16 is likely slower than float32 here", file=sys.stderr)
     if kind == 'mps' and requested == 'bfloat16':
-        raise SystemExit("error: bfloat16 autocast is not supported on mps here; use dtype=float32")
+        raise ScriptError("bfloat16 autocast is not supported on mps here; use dtype=float32")
     return requested
 
 
@@ -187,7 +189,7 @@ def select_sdpa_backend(name):
     """Restricts torch's scaled_dot_product_attention to one CUDA kernel family ('flash', 'cudnn',
     'efficient', 'math'), for measuring which is fastest; 'auto' leaves torch's choice."""
     if name not in SDPA_BACKENDS:
-        raise SystemExit(f"error: unknown sdpa_backend {name!r}; use one of {', '.join(SDPA_BACKENDS)}")
+        raise ScriptError(f"unknown sdpa_backend {name!r}; use one of {', '.join(SDPA_BACKENDS)}")
     if name == 'auto':
         return
     torch.backends.cuda.enable_flash_sdp(name == 'flash')

@@ -8,6 +8,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from nanogpt import ScriptError
+
 
 def setup(backend, device):
     """Under torchrun (RANK set): joins the process group and returns (rank, local_rank, world_size,
@@ -39,7 +41,7 @@ def shard(model):
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError:
-        raise SystemExit("error: fsdp=True needs torch>=2.6 (torch.distributed.fsdp.fully_shard)")
+        raise ScriptError("fsdp=True needs torch>=2.6 (torch.distributed.fsdp.fully_shard)")
     for block in model.transformer.h:
         fully_shard(block)
     fully_shard(model)

@@ -1,0 +1,23 @@
+"""
+The helpers that train.py, sample.py, bench.py and the other scripts share, one module per concern:
+
+    device.py       which device and dtype, autocast, torch.compile, the GPU peak-FLOPs table behind MFU
+    data.py         datasets on disk (train.bin, val.bin, meta.pkl), batches, tokenizers
+    files.py        files that are never half-written, and a run's out_dir (ckpt.pt, metrics.jsonl)
+    checkpoint.py   checkpoints: save, load, and the model to start from (init_from)
+    distributed.py  torchrun: process group, DDP or FSDP2, full state dicts of sharded models
+    training.py     one optimizer step, as train.py runs it and bench.py times it
+
+Every mistake a user can make ends the script with ScriptError: one line, 'error: ...', exit code 1.
+"""
+
+import os
+
+
+class ScriptError(SystemExit):
+    """Stops the script with one line 'error: message' on stderr and exit code 1, no traceback. Under
+    torchrun only the first process of each node says it: the others meet the same error and leave
+    with the same exit code, quietly, so the line is not repeated once per GPU."""
+
+    def __init__(self, message):
+        super().__init__(f"error: {message}" if os.environ.get('LOCAL_RANK', '0') == '0' else 1)

@@ -36,6 +36,43 @@ def upstream_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (learning_rate - min_lr)
 
 
+def flops_per_token(n_layer, n_head, n_embd, block_size, vocab_size):
+    """Training FLOPs per token of a GPT of this shape (bias=False), counted here from the shape as a
+    reference independent of model.py: 6N + 12*L*H*Q*T (PaLM, appendix B), N the parameters without
+    the position embeddings: the token embeddings (shared with lm_head), in each block two LayerNorm
+    weights, attention's query/key/value and output projections (4 d^2) and the MLP's two d x 4d
+    matrices (8 d^2), and the final LayerNorm."""
+    d = n_embd
+    n = vocab_size * d + n_layer * (2 * d + 4 * d * d + 8 * d * d) + d
+    return 6 * n + 12 * n_layer * n_head * (d // n_head) * block_size
+
+
+def expected_mfu(times_ms, flops_per_iter, peak):
+    """The MFU (in %) that train.py prints at each of a process's first iterations, logged at every
+    one with these printed times: None (n/a) for the first 5, then the first value, then 0.9 x the
+    previous value + 0.1 x this iteration's, each iteration's being flops_per_iter / time / peak."""
+    values, running = [], None
+    for i, ms in enumerate(times_ms):
+        if i >= 5:
+            step = flops_per_iter / (ms / 1000) / peak * 100
+            running = step if running is None else 0.9 * running + 0.1 * step
+        values.append(running)
+    return values
+
+
+def assert_printed_mfu(iter_matches, flops_per_iter, peak):
+    """The mfu field of ITER_LINE matches (every iteration of a process logged) against expected_mfu.
+    The printed time has two decimals, so each value carries its rounding (under 0.5% for times of 1 ms
+    and more) and the printed MFU two decimals."""
+    times = [float(m.group(3)) for m in iter_matches]
+    assert min(times) >= 1.0, times  # else the rounding of the printed time is too coarse for the check
+    for m, want in zip(iter_matches, expected_mfu(times, flops_per_iter, peak)):
+        if want is None:
+            assert m.group(4) == 'n/a', m.group(0)
+        else:
+            assert m.group(4) != 'n/a' and abs(float(m.group(4)[:-1]) - want) <= 0.005 * want + 0.01, (m.group(0), want)
+
+
 def script_env(**extra):
     env = dict(os.environ, WANDB_MODE='offline', PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
     if GPT2_BPE.exists():

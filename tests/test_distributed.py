@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY, iter_lines, run_script, script_env
+from conftest import REPO, TINY, assert_printed_mfu, flops_per_token, iter_lines, run_script, script_env
+from nanogpt.files import read_metrics
 
 TRAIN_ARGS = ['config/train_shakespeare_char.py', *TINY, '--always_save_checkpoint=True', '--warmup_iters=2',
               '--learning_rate=1e-2']
@@ -29,10 +30,12 @@ def test_ddp_run_logs_once_keeps_ranks_identical_and_resumes_on_one_process(proj
     out = tmp_path / 'out'
     shutil.copy(REPO / 'tests' / 'train_and_dump_weights.py', project / 'train_and_dump_weights.py')
     proc = torchrun(project, 'train_and_dump_weights.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=6',
-                    '--eval_interval=3', '--gradient_accumulation_steps=2')
+                    '--eval_interval=3', '--gradient_accumulation_steps=2', '--peak_flops=1e10')
     assert proc.stdout.count('iter 0:') == 1 and proc.stdout.count('step 6:') == 1  # rank 0 alone prints
     assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == list(range(6))
     assert 'tokens per iteration will be: 256' in proc.stdout  # 2 ranks x 1 micro-step x 4 x 32
+    # MFU per device: each rank's 128 tokens against one device's peak
+    assert_printed_mfu(iter_lines(proc.stdout), flops_per_token(2, 2, 32, 32, 65) * 128, 1e10)
     rank0, rank1 = weights(out / 'rank0.pt'), weights(out / 'rank1.pt')
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     ckpt = weights(out / 'ckpt.pt')
@@ -42,17 +45,44 @@ def test_ddp_run_logs_once_keeps_ranks_identical_and_resumes_on_one_process(proj
     assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [6, 7]
 
 
-def test_one_ddp_step_equals_one_step_with_two_micro_steps(project, tmp_path):
+SAME_BATCHES = [*TRAIN_ARGS, '--max_iters=2', '--eval_interval=1', '--gradient_accumulation_steps=2']
+
+
+@pytest.fixture(scope='module')
+def same_batches(project, tmp_path_factory):
+    """Two iterations three ways over the same batches: one process with two micro-steps, and two
+    ranks with one micro-step each, under DDP and under FSDP. Every iteration is evaluated, with
+    eval_iters=2: one batch per rank, the union of the two ranks' batches being the single run's."""
+    base = tmp_path_factory.mktemp('same_batches')
+    run_script(project, 'train.py', *SAME_BATCHES, f'--out_dir={base}/single')
+    torchrun(project, 'train.py', *SAME_BATCHES, f'--out_dir={base}/ddp')
+    torchrun(project, 'train.py', *SAME_BATCHES, f'--out_dir={base}/fsdp', '--fsdp=True')
+    return base
+
+
+@pytest.mark.parametrize('mode', ['ddp', 'fsdp'])
+def test_two_ranks_equal_one_process_with_two_micro_steps(same_batches, mode):
     """Two ranks with one micro-step each draw the two batches that one process with two micro-steps
-    draws, so after one iteration the weights agree to float32 rounding."""
-    common = [*TRAIN_ARGS, '--max_iters=1', '--eval_interval=1', '--gradient_accumulation_steps=2']
-    torchrun(project, 'train.py', *common, f'--out_dir={tmp_path}/ddp')
-    run_script(project, 'train.py', *common, f'--out_dir={tmp_path}/single')
-    ddp, single = weights(tmp_path / 'ddp' / 'ckpt.pt'), weights(tmp_path / 'single' / 'ckpt.pt')
-    assert ddp['iter_num'] == single['iter_num'] == 1
+    draws, so the weights, the optimizer state and every logged loss (the training losses and the
+    evaluations, which the ranks share out and all-reduce) agree to float32 rounding."""
+    single, ranks = weights(same_batches / 'single' / 'ckpt.pt'), weights(same_batches / mode / 'ckpt.pt')
+    assert ranks['iter_num'] == single['iter_num'] == 2
+    assert ranks['model'].keys() == single['model'].keys()
     for k, v in single['model'].items():
-        torch.testing.assert_close(ddp['model'][k], v, atol=1e-6, rtol=1e-5)
-    # the step did move the weights away from their initial values (train.py seeds 1337 before the init)
+        torch.testing.assert_close(ranks['model'][k], v, atol=1e-6, rtol=1e-5)
+    # AdamW's moments, in upstream's numbering (FSDP's are gathered from the shards and renumbered)
+    assert ranks['optimizer']['state'].keys() == single['optimizer']['state'].keys()
+    for i, state in single['optimizer']['state'].items():
+        for name in ('exp_avg', 'exp_avg_sq'):
+            torch.testing.assert_close(ranks['optimizer']['state'][i][name], state[name], atol=1e-9, rtol=1e-4)
+    rows = {run: read_metrics(same_batches / run / 'metrics.jsonl') for run in ('single', mode)}
+    assert [r['iter'] for r in rows[mode]] == [r['iter'] for r in rows['single']] == [0, 0, 1, 1, 2]
+    for mine, theirs in zip(rows[mode], rows['single']):
+        for key in ('loss', 'train_loss', 'val_loss'):
+            if key in theirs:
+                assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (key, mine, theirs)
+    assert single['best_val_loss'] == pytest.approx(ranks['best_val_loss'], abs=1e-6)
+    # the steps did move the weights away from their initial values (train.py seeds 1337 before the init)
     from model import GPT, GPTConfig
     torch.manual_seed(1337)
     initial = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32, bias=False)).state_dict()
@@ -69,16 +99,13 @@ def test_non_dividing_gradient_accumulation_is_one_clear_line(project, tmp_path)
     assert not (tmp_path / 'out').exists()
 
 
-def test_fsdp_checkpoint_resumes_on_one_process_and_samples(project, tmp_path):
+def test_fsdp_checkpoint_resumes_on_one_process_and_samples(project, same_batches, tmp_path):
     out = tmp_path / 'out'
-    proc = torchrun(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=4', '--eval_interval=2',
-                    '--gradient_accumulation_steps=2', '--fsdp=True')
-    assert proc.stdout.count('iter 0:') == 1
+    shutil.copytree(same_batches / 'fsdp', out)
     ckpt = weights(out / 'ckpt.pt')
-    assert ckpt['iter_num'] == 4 and not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
+    assert not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
     assert sorted(ckpt['optimizer']['state']) == list(range(len(ckpt['optimizer']['state'])))  # upstream's format
-    proc = run_script(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=6', '--eval_interval=2',
-                      '--gradient_accumulation_steps=2', '--init_from=resume')
-    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [4, 5]
+    proc = run_script(project, 'train.py', *SAME_BATCHES, f'--out_dir={out}', '--max_iters=4', '--init_from=resume')
+    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [2, 3]
     proc = run_script(project, 'sample.py', f'--out_dir={out}', '--num_samples=1', '--max_new_tokens=20', '--device=cpu')
     assert len(proc.stdout.split('---------------')[0].splitlines()[-1]) > 0

@@ -2,11 +2,13 @@
 wandb offline run, and plot.py's picture."""
 
 import json
+import re
 import shutil
 
 import pytest
 
-from conftest import ITER_LINE, STEP_LINE, TINY, run_script, script_env, upstream_lr
+from conftest import (ITER_LINE, STEP_LINE, TINY, assert_printed_mfu, flops_per_token, run_script, script_env,
+                      upstream_lr)
 from nanogpt.files import read_metrics
 
 TRAIN = ['train.py', 'config/train_shakespeare_char.py', *TINY]
@@ -115,10 +117,31 @@ def test_wandb_offline_run(run12):
         assert float(history[r['iter']]['val/loss']) == r['val_loss']
 
 
+def test_printed_time_and_mfu(project, tmp_path):
+    """The numbers of the log against the model's shape and the run's own evaluations: MFU is
+    flops_per_token x tokens / time / peak (smoothed as upstream does), an evaluation's time stays
+    out of the next iteration's, and the evaluation's own time is printed after the losses."""
+    peak = 1e10  # the tiny model's MFU is then tens of percent, four printed digits
+    # evaluation is 400 forward passes, tens of times an iteration of 2 micro-steps
+    proc = run_script(project, *TRAIN, f'--out_dir={tmp_path}', '--max_iters=12', '--eval_interval=6',
+                      '--eval_iters=200', '--gradient_accumulation_steps=2', f'--peak_flops={peak}')
+    iters = printed(proc.stdout, ITER_LINE)
+    assert [int(m.group(1)) for m in iters] == list(range(12))
+    assert_printed_mfu(iters, flops_per_token(2, 2, 32, 32, 65) * 2 * TOKENS_PER_ITER, peak)
+
+    steps = [line for line in proc.stdout.splitlines() if line.startswith('step ')]
+    assert len(steps) == 3 and all(re.search(r', eval \d+\.\d{2}s$', line) for line in steps), steps
+    eval_ms = float(re.search(r'eval (\d+\.\d{2})s$', steps[1]).group(1)) * 1000  # at step 6
+    times = sorted(float(m.group(3)) for m in iters)
+    median = times[len(times) // 2]
+    assert eval_ms > 10 * median  # a slow evaluation, so that the check below means something
+    assert float(iters[6].group(3)) < eval_ms / 2, (iters[6].group(0), steps[1])  # iteration 6 ran right after it
+
+
 def test_resume_keeps_each_iteration_once(project, tmp_path):
     out = tmp_path / 'out'
     metrics = out / 'metrics.jsonl'
-    args = [*TRAIN, f'--out_dir={out}', '--eval_interval=5', '--always_save_checkpoint=True']
+    args = [*TRAIN, f'--out_dir={out}', '--eval_interval=5', '--always_save_checkpoint=True', '--peak_flops=1e10']
     run_script(project, *args, '--max_iters=10')
     shutil.copy(out / 'ckpt.pt', tmp_path / 'ckpt10.pt')
     before = metrics.read_text()
@@ -132,6 +155,7 @@ def test_resume_keeps_each_iteration_once(project, tmp_path):
     assert [int(m.group(1)) for m in printed(first.stdout, ITER_LINE)] == list(range(10, 20))
     assert [f"{r['loss']:.4f}" for r in resumed] == [m.group(2) for m in printed(first.stdout, ITER_LINE)]
     assert resumed[0]['tokens'] == 11 * TOKENS_PER_ITER  # counting on from the checkpoint
+    assert [r['mfu'] is None for r in resumed] == [True] * 5 + [False] * 5  # the first 5 of each process
 
     # resumed from a checkpoint older than the last rows: the rows of the repeated iterations go
     shutil.copy(tmp_path / 'ckpt10.pt', out / 'ckpt.pt')

@@ -129,6 +129,32 @@ def test_best_val_loss_is_never_overwritten_by_a_worse_one(project, tmp_path):
     assert ckpt['best_val_loss'] == pytest.approx(min(vals), abs=1e-4)
 
 
+def test_checkpoint_only_when_val_loss_improves(project, tmp_path):
+    """always_save_checkpoint=False, the Shakespeare configs' setting: an evaluation writes a
+    checkpoint when its val loss beats the best so far (the resumed run's too), and only then."""
+    out = tmp_path / 'out'
+    args = [*TRAIN, f'--out_dir={out}', '--eval_interval=10', '--always_save_checkpoint=False']
+
+    def evaluations_and_saves(stdout):
+        return [line.split(':')[0] if line.startswith('step ') else line.split(' to ')[0]
+                for line in stdout.splitlines() if line.startswith(('step ', 'saved checkpoint'))]
+
+    proc = run_script(project, *args, '--max_iters=20')
+    vals = [float(line.split('val loss ')[1].split(',')[0]) for line in proc.stdout.splitlines() if line.startswith('step ')]
+    assert vals[0] > vals[1] > vals[2]  # it learns: each evaluation improves, each is saved (iteration 0's never)
+    assert evaluations_and_saves(proc.stdout) == ['step 0', 'step 10', 'saved checkpoint', 'step 20', 'saved checkpoint']
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] == 20 and ckpt['best_val_loss'] == pytest.approx(vals[2], abs=1e-4)
+    before = (out / 'ckpt.pt').read_bytes(), (out / 'ckpt.pt').stat().st_mtime_ns
+
+    # a learning rate of 1 wrecks the model: the val loss at 30 is far worse than the best, so no save
+    proc = run_script(project, *args, '--max_iters=30', '--init_from=resume', '--learning_rate=1.0', '--decay_lr=False')
+    worse = float(proc.stdout.split('step 30: train loss ')[1].split('val loss ')[1].split(',')[0])
+    assert worse > vals[2] + 1
+    assert evaluations_and_saves(proc.stdout) == ['step 30']
+    assert ((out / 'ckpt.pt').read_bytes(), (out / 'ckpt.pt').stat().st_mtime_ns) == before
+
+
 def start_training(project, out, *extra):
     return subprocess.Popen([sys.executable, *TRAIN, f'--out_dir={out}', *extra], cwd=project, env=script_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -44,16 +44,24 @@ def test_train_resume_sample(project, tmp_path):
     assert re.search(r'generated 80 tokens in', proc.stderr)
 
 
-def test_cpu_config_and_temperature_zero(project, tmp_path):
+def test_cpu_config_and_sampling_options(project, tmp_path):
     out = tmp_path / 'out'
     run_script(project, 'train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out}', '--max_iters=12',
                '--eval_interval=6', '--n_layer=1', '--n_embd=32', '--n_head=2', '--eval_iters=2')
-    texts = []
-    for extra in (['--seed=1'], ['--seed=2', '--kv_cache=False']):
+
+    def sample(*extra):
         stdout = run_script(project, 'sample.py', f'--out_dir={out}', '--num_samples=1', '--max_new_tokens=30',
-                            '--temperature=0', *extra).stdout
-        texts.append(''.join(l for l in stdout.splitlines(True) if not l.startswith('Overriding')))
-    assert texts[0] == texts[1] and len(texts[0].split('---------------')[0]) >= 31  # greedy: seed and cache don't matter
+                            *extra).stdout
+        return ''.join(l for l in stdout.splitlines(True) if not l.startswith('Overriding'))
+
+    greedy = sample('--temperature=0', '--seed=1')
+    assert len(greedy.split('---------------')[0]) >= 31
+    assert sample('--temperature=0', '--seed=2', '--kv_cache=False') == greedy  # seed and cache don't matter
+    # at temperature 1, sample.py must pass top_k and top_p on: top_k=1, or a nucleus so small that it
+    # holds the likeliest token alone, is greedy whatever the seed; without them the same seed is not
+    assert sample('--temperature=1', '--seed=3', '--top_k=1') == greedy
+    assert sample('--temperature=1', '--seed=3', '--top_p=1e-6') == greedy
+    assert sample('--temperature=1', '--seed=3') != greedy
 
 
 def test_compile_unavailable_warns_once_and_runs_uncompiled(project, tmp_path):

@@ -1,7 +1,6 @@
 """The prepare scripts, run for real in a copy of the project: data/shakespeare (GPT-2 BPE), data/prepare.py
 (any text, char or gpt2, uint16 or uint32 tokens) and data/openwebtext's missing-package error."""
 
-import importlib.util
 import pickle
 import random
 import subprocess
@@ -218,9 +217,12 @@ def test_prepare_errors(proj, tmp_path):
 # ----------------------------------------------------------------------------- data/openwebtext
 
 def test_openwebtext_without_datasets_package(tmp_path):
-    if importlib.util.find_spec('datasets') is not None:
-        pytest.skip("the datasets package is installed here")
     copy_project(tmp_path)
-    line = one_error_line(run_script(tmp_path, 'data/openwebtext/prepare.py', '--num_proc=1', check=False))
+    # whether or not datasets is installed here: a package of that name that fails to import stands in for its absence
+    fake = tmp_path / 'no_datasets' / 'datasets'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text("raise ImportError('datasets is not installed')\n")
+    line = one_error_line(run_script(tmp_path, 'data/openwebtext/prepare.py', '--num_proc=1', check=False,
+                                     env=script_env(PYTHONPATH=str(fake.parent))))
     assert 'pip install datasets' in line
     assert [p.name for p in (tmp_path / 'data' / 'openwebtext').iterdir()] == ['prepare.py']

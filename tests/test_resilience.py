@@ -207,16 +207,18 @@ def test_sigterm_writes_a_resumable_checkpoint(project, tmp_path):
 
 def test_second_ctrl_c_exits_at_once(project, tmp_path):
     out = tmp_path / 'out'
-    # iterations slow enough (a bigger batch) that the second Ctrl-C lands inside the one the first lets finish
+    # the first Ctrl-C right after an iteration's log line lands as the next iteration starts; the second
+    # is sent once train.py says it got the first (two signals before that could count as one), while
+    # that iteration, far longer than the reply takes (a bigger model and batch), still runs
     proc = start_training(project, out, '--max_iters=100000', '--eval_interval=1000', '--n_layer=6', '--n_embd=128',
                           '--batch_size=96')
-    wait_for_line(proc, 'iter 1:')
+    wait_for_line(proc, 'iter 0:')
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    wait_for_line(proc, 'SIGINT received')
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and 'interrupted again' in stderr and 'Traceback' not in stderr
-    assert not (out / 'ckpt.pt').exists()
+    assert 'saved checkpoint' not in stdout and not (out / 'ckpt.pt').exists()
 
 
 def test_nan_stops_with_a_message_and_keeps_the_checkpoint(project, tmp_path):

@@ -107,7 +107,7 @@ device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps // world_size):
     raise ScriptError(error)
-select_sdpa_backend(sdpa_backend)
+select_sdpa_backend(sdpa_backend, device, dtype, dropout)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 
 # distributed set-up: each process gets its device; gradient accumulation is shared out among them

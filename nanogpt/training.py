@@ -1,5 +1,5 @@
 """One optimizer step of training, shared by train.py and bench.py so that bench.py times exactly
-what train.py runs."""
+what train.py runs; and when a run has diverged."""
 
 import math
 

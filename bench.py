@@ -49,7 +49,7 @@ device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps):
     raise ScriptError(error)
-select_sdpa_backend(sdpa_backend)
+select_sdpa_backend(sdpa_backend, device, dtype, dropout)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 torch.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True

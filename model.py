@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,32 @@ class KVCache:
         self.layers = [(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
                        for _ in range(config.n_layer)]
         self.length = 0  # positions filled
+
+
+def compute_dtype(device, weights_dtype):
+    """The dtype the keys and values come out in: autocast's where it is on for this device (a float32
+    cache would take twice the memory, and attention would cast all of it at every token), else the
+    weights'."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except (TypeError, AttributeError):  # torch < 2.4 cannot be asked per device: the weights' dtype
+        pass
+    return weights_dtype
+
+
+def decoding_attention():
+    """Attention kernels for generation: any that are on except cuDNN's, which builds an execution plan
+    for each new key length (reportedly tens of ms each), while decoding grows the key length by one
+    per token; torch >= 2.11 prefers cuDNN on Hopper. Elsewhere than CUDA this changes nothing."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3, which prefers no cuDNN attention anyway
+        return nullcontext()
+    kernels = [kernel for kernel, enabled in ((SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled()),
+                                              (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled()),
+                                              (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled())) if enabled]
+    return sdpa_kernel(kernels) if kernels else nullcontext()  # none: the user chose cuDNN alone
 
 
 # Hugging Face GPT-2 checkpoints store these as Conv1D weights: (in, out) instead of Linear's (out, in)
@@ -268,7 +295,8 @@ class GPT(nn.Module):
         With kv_cache each step feeds only the newest token; once the sequence outgrows block_size the
         cache is rebuilt from the last block_size tokens at each step, as the uncached path sees them."""
         block_size = self.config.block_size
-        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if kv_cache else None
+        dtype = compute_dtype(idx.device, self.lm_head.weight.dtype)
+        cache = KVCache(self.config, idx.size(0), idx.device, dtype) if kv_cache else None
         for _ in range(max_new_tokens):
             if cache is not None and 0 < cache.length < block_size:
                 context = idx[:, -1:]
@@ -276,7 +304,8 @@ class GPT(nn.Module):
                 if cache is not None:
                     cache.length = 0
                 context = idx[:, -block_size:]
-            logits, _ = self(context, kv_cache=cache)
+            with decoding_attention():
+                logits, _ = self(context, kv_cache=cache)
             idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next

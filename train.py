@@ -31,7 +31,7 @@ from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_me
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
                             keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend)
 from nanogpt.files import append_metrics, ckpt_path, metrics_path, trim_metrics
-from nanogpt.training import train_step
+from nanogpt.training import divergence, train_step
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -107,7 +107,7 @@ device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps // world_size):
     raise ScriptError(error)
-select_sdpa_backend(sdpa_backend)
+select_sdpa_backend(sdpa_backend, device, dtype, dropout)
 keep_freed_host_memory()  # no page faults for each iteration's buffers on the host
 
 # distributed set-up: each process gets its device; gradient accumulation is shared out among them
@@ -305,17 +305,17 @@ def record(row):
 
 def read_device_stats():
     """Reads the losses and gradient norms queued on the device since the last read (one host-device
-    sync), stops the run at the first non-finite one, and returns the last iteration's loss (mean over
-    micro-steps and ranks) and whether any rank was asked to stop."""
+    sync), stops the run where nanogpt.training.divergence says it went wrong, and returns the last
+    iteration's loss (mean over micro-steps and ranks) and whether any rank was asked to stop."""
     stats = torch.stack([torch.stack((loss, norm)) for _, _, loss, norm in unread_stats])
-    stop_flag = torch.tensor([[float(stop_signal is not None), 0.0]], device=device)
-    values = (distributed.all_reduce_sum(torch.cat((stats, stop_flag))) / world_size).tolist()
-    for (it, lr_it, _, _), (loss_it, norm_it) in zip(unread_stats, values):
-        if not (np.isfinite(loss_it) and np.isfinite(norm_it)):
-            norm_text = 'n/a (grad_clip=0)' if grad_clip == 0.0 else f"{norm_it:.4g}"
-            raise ScriptError(f"iter {it}: the loss is {loss_it:.4g}, the gradient norm {norm_text} at learning rate "
-                              f"{lr_it:.3g}; training stopped and {ckpt_file} is left as it was. Try a lower "
-                              f"learning_rate, grad_clip=1.0, or dtype=float32/bfloat16")
+    # a last row: the stop request and the GradScaler's scale, so that every rank decides alike
+    last = torch.tensor([[float(stop_signal is not None), scaler.get_scale()]], device=device)
+    values = (distributed.all_reduce_sum(torch.cat((stats, last))) / world_size).tolist()
+    rows = [(it, lr_it, loss_it, norm_it) for (it, lr_it, _, _), (loss_it, norm_it) in zip(unread_stats, values)]
+    if found := divergence(rows, grad_clip, values[-1][1] if scaler.is_enabled() else None):
+        (it, lr_it, _, _), what = found
+        raise ScriptError(f"iter {it}: {what} at learning rate {lr_it:.3g}; training stopped and {ckpt_file} is left "
+                          f"as it was. Try a lower learning_rate, grad_clip=1.0, or dtype=float32/bfloat16")
     unread_stats.clear()
     return values[-2][0], values[-1][0] > 0
 

@@ -5,14 +5,18 @@ CPU: config/train_shakespeare_char_cpu.py end to end (2000 iterations with their
 float32 (the default) and bfloat16 (opt-in): ms per iteration, total wall time, val loss at the end.
 $ python benchmarks/compare.py --device=cpu [--upstream=../nanoGPT] [--rounds=3]
 
-GPU: bench.py on GPT-2 124M (batch 12, block 1024, bfloat16, compiled): ms per iteration, tokens/s,
-MFU; and config/train_shakespeare_char.py end to end (5000 iterations with evaluations, compile
-included): total wall time, ms per iteration, best val loss.
+GPU: first a check of the attention kernels (config/train_shakespeare_char.py, 500 iterations, with
+sdpa_backend=flash and with auto: the same seed should give the same val loss); then bench.py on
+GPT-2 124M (batch 12, block 1024, bfloat16, compiled, no gradient clipping, as upstream's bench.py):
+ms per iteration, tokens/s, MFU; and config/train_shakespeare_char.py end to end (5000 iterations
+with evaluations, compile included, both clipping at 1.0): total wall time, ms per iteration, best
+val loss.
 $ python benchmarks/compare.py --device=cuda [--upstream=../nanoGPT]
 
 --upstream is a checkout of https://github.com/karpathy/nanoGPT; its data/shakespeare_char is filled
-from ours. Without it, the table compares with upstream's figures recorded on the same kinds of
-machine (2-core CPU with PyTorch 2.13; one H200 with PyTorch 2.11).
+from ours. Without it, the tables compare with upstream's figures recorded on the same kinds of
+machine (2-core CPU with PyTorch 2.13; one H200 with PyTorch 2.11), in rows marked 'recorded'.
+The data is prepared from the tiny Shakespeare text that ships in data/shakespeare_char/input.txt.
 """
 
 import os
@@ -35,7 +39,7 @@ rounds = 1  # each run this many times, interleaved (CPU timings on shared machi
 max_iters = 0  # 0: the configs' own (2000 on CPU, 5000 on GPU); fewer for a quick look
 cpu_dtypes = 'float32,bfloat16'  # CPU: our runs
 e2e_compile_modes = 'default,reduce-overhead'  # GPU: our end-to-end runs
-input_txt = ''  # tiny Shakespeare's input.txt, to prepare data/shakespeare_char where it is missing
+attention_check_iters = 500  # GPU: iterations of the flash-against-auto check; 0 skips it
 log_dir = 'bench_results'  # every run's output goes here
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -47,18 +51,35 @@ RECORDED = {  # upstream nanoGPT, as measured for the issue this script answers
 UPSTREAM_CPU_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=False', '--eval_iters=20',
                      '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4',
                      '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0']
-os.makedirs(log_dir, exist_ok=True)
+# what this script runs in an upstream checkout
+UPSTREAM_FILES = ('train.py', 'model.py', 'bench.py', 'configurator.py', os.path.join('config', 'train_shakespeare_char.py'))
+DATA = os.path.join(ROOT, 'data', 'shakespeare_char')
+
+
+def check_inputs():
+    """Everything the runs need is there before any of them starts (the device machine has no network)."""
+    if device != 'cpu' and not device.startswith('cuda'):
+        raise ScriptError(f"device={device!r}: use cpu or cuda")
+    if upstream:
+        if not os.path.isdir(upstream):
+            raise ScriptError(f"upstream={upstream!r} does not exist; clone https://github.com/karpathy/nanoGPT there, "
+                              f"or leave upstream empty to compare with upstream's recorded figures")
+        missing = [f for f in UPSTREAM_FILES if not os.path.isfile(os.path.join(upstream, f))]
+        if missing:
+            raise ScriptError(f"upstream={upstream!r} is not a nanoGPT checkout: it lacks {', '.join(missing)}")
+    if not os.path.exists(os.path.join(DATA, 'train.bin')) and not os.path.exists(os.path.join(DATA, 'input.txt')):
+        raise ScriptError(f"{os.path.join(DATA, 'input.txt')} is missing (the project ships it: git checkout -- "
+                          f"data/shakespeare_char/input.txt), and the data is not prepared either")
 
 
 def prepare_data():
-    data = os.path.join(ROOT, 'data', 'shakespeare_char')
-    if not os.path.exists(os.path.join(data, 'train.bin')):
-        run('prepare', [sys.executable, 'data/shakespeare_char/prepare.py'] + ([input_txt] if input_txt else []), ROOT)
+    if not os.path.exists(os.path.join(DATA, 'train.bin')):
+        run('prepare', [sys.executable, 'data/shakespeare_char/prepare.py'], ROOT)
     if upstream:
         target = os.path.join(upstream, 'data', 'shakespeare_char')
         os.makedirs(target, exist_ok=True)
         for name in ('train.bin', 'val.bin', 'meta.pkl'):
-            shutil.copy(os.path.join(data, name), target)
+            shutil.copy(os.path.join(DATA, name), target)
 
 
 def run(name, cmd, cwd):
@@ -147,14 +168,36 @@ def cpu_comparison():
     for name, m in med.items():
         rows.append([name, f"{m['ms']:.1f}", f"{m['total']:.0f}", f"{m['val']:.3f}", f"{m['whole_val']:.3f}",
                      f"{base['ms'] / m['ms']:.2f}x", f"{base['total'] / m['total']:.2f}x"])
-    table(f"CPU: config/train_shakespeare_char_cpu.py, {max_iters or 2000} iterations (medians of {rounds} run(s))",
+    table(f"CPU: config/train_shakespeare_char_cpu.py, {max_iters or 2000} iterations, gradients clipped at 1.0 "
+          f"(medians of {rounds} run(s))",
           ['run', 'ms/iter', 'total s', 'val loss at end', 'whole val split', 'faster per iter', 'faster in total'], rows)
 
 
+def attention_check():
+    """sdpa_backend=auto against flash on config/train_shakespeare_char.py (dropout 0.2), the same seed: auto
+    leaves out cuDNN's kernels, which would round that dropout (see README, GPU notes), so both should reach
+    the same val loss, up to the non-determinism of the attention backward."""
+    iters = [f'--max_iters={attention_check_iters}', f'--lr_decay_iters={attention_check_iters}',
+             f'--eval_interval={attention_check_iters}', '--compile=False']
+    vals = {}
+    for backend in ('flash', 'auto'):
+        text, _ = run(f'attention-{backend}', [sys.executable, 'train.py', 'config/train_shakespeare_char.py', *iters,
+                                               f'--sdpa_backend={backend}', f'--out_dir={log_dir}/out-attention-{backend}'], ROOT)
+        vals[backend] = train_summary(text, 0)['val']
+    diff = abs(vals['flash'] - vals['auto'])
+    print(f"attention check ({attention_check_iters} iterations, dropout 0.2): val loss with sdpa_backend=flash "
+          f"{vals['flash']:.4f}, auto {vals['auto']:.4f}: {'the same' if diff <= 0.02 else 'DIFFERENT'} "
+          f"(difference {diff:.4f})", flush=True)
+
+
 def gpu_comparison():
+    if attention_check_iters:
+        attention_check()
     rows = []
+    # upstream's bench.py does not clip gradients: neither does ours here
     bench = ['--batch_size=12', '--block_size=1024', '--real_data=False']
-    ours, _ = run('bench-ours', [sys.executable, 'bench.py', *bench, '--dtype=bfloat16', '--compile=True'], ROOT)
+    ours, _ = run('bench-ours', [sys.executable, 'bench.py', *bench, '--dtype=bfloat16', '--compile=True',
+                                 '--grad_clip=0'], ROOT)
     m = re.search(r'time per iteration: ([\d.]+)ms, MFU: (?:([\d.]+)%|n/a), (\d+) tokens/s', ours)  # n/a: no peak known
     ours_bench = {'ms': float(m.group(1)), 'mfu': float(m.group(2) or 'nan'), 'tokens': int(m.group(3))}
     ours_name = compiled('this toolkit', ours)
@@ -169,7 +212,7 @@ def gpu_comparison():
                  f"{base['mfu']:.1f}%" if base['mfu'] else 'A100 peak', '1.00x'])
     rows.append([ours_name, f"{ours_bench['ms']:.1f}", f"{ours_bench['tokens']:,}", f"{ours_bench['mfu']:.1f}%",
                  f"{ours_bench['tokens'] / base['tokens']:.2f}x"])
-    table("GPU: bench.py, GPT-2 124M, batch 12, block 1024, bfloat16, compiled",
+    table("GPU: bench.py, GPT-2 124M, batch 12, block 1024, bfloat16, compiled, no gradient clipping (as upstream's)",
           ['run', 'ms/iter', 'tokens/s', 'MFU', 'tokens/s vs upstream'], rows)
 
     iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}'] if max_iters else []
@@ -191,14 +234,16 @@ def gpu_comparison():
     for name, r in results.items():
         rows.append([name, f"{r['total']:.0f}", f"{r['ms']:.1f}", f"{r['eval']:.0f}" if r['eval'] is not None else '?',
                      f"{r['best']:.3f}", f"{base['total'] / r['total']:.2f}x"])
-    table(f"GPU: config/train_shakespeare_char.py end to end, {max_iters or 5000} iterations",
+    table(f"GPU: config/train_shakespeare_char.py end to end, {max_iters or 5000} iterations, gradients clipped at 1.0",
           ['run', 'total s', 'ms/iter', 'eval s', 'best val loss', 'faster in total'], rows)
 
 
+check_inputs()
+if not upstream:
+    print("no --upstream: upstream's rows are its figures recorded earlier, marked 'recorded'")
+os.makedirs(log_dir, exist_ok=True)
 prepare_data()
 if device == 'cpu':
     cpu_comparison()
-elif device.startswith('cuda'):
-    gpu_comparison()
 else:
-    raise ScriptError(f"device={device!r}: use cpu or cuda")
+    gpu_comparison()

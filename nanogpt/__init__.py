@@ -6,7 +6,7 @@ The helpers that train.py, sample.py, bench.py and the other scripts share, one 
     files.py        files that are never half-written, and a run's out_dir (ckpt.pt, metrics.jsonl)
     checkpoint.py   checkpoints: save, load, and the model to start from (init_from)
     distributed.py  torchrun: process group, DDP or FSDP2, full state dicts of sharded models
-    training.py     one optimizer step, as train.py runs it and bench.py times it
+    training.py     one optimizer step, as train.py runs it and bench.py times it; when a run diverged
 
 Every mistake a user can make ends the script with ScriptError: one line, 'error: ...', exit code 1.
 """

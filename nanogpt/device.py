@@ -24,6 +24,8 @@ GPU_PEAK_FLOPS = [
     # (pattern, bfloat16, float16, float32 via TF32)
     # NVIDIA A100 datasheet: BF16/FP16 312, TF32 156 (SXM4 and PCIe, 40 and 80 GB)
     (r'\ba100\b', 312 * T, 312 * T, 156 * T),
+    # NVIDIA A800 datasheets: BF16/FP16 312, TF32 156 (dense), the A100's rates (SXM4, PCIe, 40GB Active)
+    (r'\ba800\b', 312 * T, 312 * T, 156 * T),
     # NVIDIA H100 datasheet: H100 NVL BF16/FP16 1,671 and TF32 835 with sparsity
     (r'\bh100\b.*\bnvl\b', 835.5 * T, 835.5 * T, 417.5 * T),
     # NVIDIA H100 datasheet: H100 PCIe BF16/FP16 1,513 and TF32 756 with sparsity
@@ -34,6 +36,9 @@ GPU_PEAK_FLOPS = [
     (r'\bh200\b.*\bnvl\b', 835.5 * T, 835.5 * T, 417.5 * T),
     # NVIDIA H200 datasheet: H200 SXM BF16/FP16 1,979 and TF32 989 with sparsity, as H100 SXM
     (r'\bh200\b', 989.4 * T, 989.4 * T, 494.7 * T),
+    # NVIDIA GH200 Grace Hopper datasheet: the GPU at BF16/FP16 1,979 and TF32 989 with sparsity, as H100
+    # SXM ("NVIDIA GH200 480GB", "NVIDIA GH200 144G HBM3e"; \b keeps it apart from h200)
+    (r'\bgh200\b', 989.4 * T, 989.4 * T, 494.7 * T),
     # NVIDIA H800 product brief: the PCIe card as H100 PCIe, the SXM part as H100 SXM
     (r'\bh800\b.*\bpcie\b', 756.5 * T, 756.5 * T, 378 * T),
     (r'\bh800\b', 989.4 * T, 989.4 * T, 494.7 * T),
@@ -43,6 +48,9 @@ GPU_PEAK_FLOPS = [
     (r'\bgb200\b', 2500 * T, 2500 * T, 1250 * T),
     # NVIDIA HGX B200 datasheet: per GPU BF16/FP16 4.5 PF and TF32 2.25 PF with sparsity
     (r'\bb200\b', 2250 * T, 2250 * T, 1125 * T),
+    # NVIDIA HGX B300 datasheet: 8 GPUs at BF16/FP16 36 PF and TF32 18 PF with sparsity, per GPU as B200
+    # ("NVIDIA B300 SXM6 AC")
+    (r'\bb300\b', 2250 * T, 2250 * T, 1125 * T),
     # NVIDIA L40S datasheet: BF16/FP16 733 and TF32 366 with sparsity
     (r'\bl40s\b', 366 * T, 366 * T, 183 * T),
     # NVIDIA L40 datasheet: BF16/FP16 181.05, TF32 90.5 (dense)
@@ -59,6 +67,9 @@ GPU_PEAK_FLOPS = [
     (r'\ba40\b', 149.7 * T, 149.7 * T, 74.8 * T),
     # NVIDIA RTX A6000 datasheet: 309.7 tensor TFLOPS with sparsity; 84 SMs x 1024 FLOP/clk x 1.80 GHz
     (r'\brtx a6000\b', 154.8 * T, 154.8 * T, 77.4 * T),
+    # Ada whitepaper: RTX 6000 Ada Generation BF16/FP16 (FP32 acc, full rate on this card) 364.2, TF32 182.1
+    # (dense); its datasheet's 1,457 TFLOPS are FP8 with sparsity. ('Quadro RTX 6000', Turing, has no 'ada'.)
+    (r'\brtx 6000 ada\b', 364.2 * T, 364.2 * T, 182.1 * T),
     # NVIDIA V100 datasheet: FP16 tensor 130 (V100S), 112 (PCIe), 125 (SXM2); no BF16 or TF32
     (r'\bv100s\b', None, 130 * T, None),
     (r'\bv100\b.*\bpcie\b', None, 112 * T, None),
@@ -68,6 +79,8 @@ GPU_PEAK_FLOPS = [
     # GeForce: the rate with float32 accumulate, half the FP16-accumulate rate on these cards.
     # Ampere GA10x whitepaper: RTX 3090 BF16/FP16 (FP32 acc) 71, TF32 35.6 (dense)
     (r'\brtx 3090$', 71 * T, 71 * T, 35.6 * T),
+    # RTX 3090 Ti: GA102, 84 SMs x 512 FLOP/clk (FP32 acc) x 1.86 GHz boost, by the GA10x whitepaper's rates
+    (r'\brtx 3090 ti$', 80 * T, 80 * T, 40 * T),
     # RTX 3060: GA106, 28 SMs x 512 FLOP/clk (FP32 acc) x 1.777 GHz boost, by the GA10x whitepaper's rates
     (r'\brtx 3060$', 25.5 * T, 25.5 * T, 12.7 * T),
     # Ada whitepaper: RTX 4090 BF16/FP16 (FP32 acc) 165.2, TF32 82.6 (dense)
@@ -131,18 +144,29 @@ def pick_device(requested):
     return requested
 
 
+def cuda_has_bfloat16(device):
+    """Whether this GPU computes in bfloat16 natively: compute capability 8.0 (Ampere) or later, or a
+    ROCm GPU. torch.cuda.is_bf16_supported() also says yes where bfloat16 is only emulated (V100, T4):
+    slowly, and without a tensor-core rate to measure MFU against."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def pick_dtype(device, requested):
-    """'auto' picks bfloat16 on GPUs that have it, float16 (with a GradScaler) on older GPUs, float32
-    elsewhere; an explicit choice is checked against what the device can do."""
+    """'auto' picks bfloat16 on GPUs that have it natively, float16 (with a GradScaler) on older GPUs,
+    float32 elsewhere; an explicit choice is checked against what the device can do."""
     kind = device.split(':')[0]
     if requested in ('', 'auto'):
         if kind == 'cuda':
-            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+            return 'bfloat16' if cuda_has_bfloat16(device) else 'float16'
         return 'float32'
     if requested not in DTYPES:
         raise ScriptError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
-    if kind == 'cuda' and requested == 'bfloat16' and not torch.cuda.is_bf16_supported():
-        raise ScriptError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use dtype=float16")
+    if kind == 'cuda' and requested == 'bfloat16' and not cuda_has_bfloat16(device):
+        name = torch.cuda.get_device_name(device)
+        if not torch.cuda.is_bf16_supported():
+            raise ScriptError(f"this GPU ({name}) has no bfloat16; use dtype=float16")
+        print(f"warning: this GPU ({name}) only emulates bfloat16 (native from compute capability 8.0, Ampere), so "
+              f"dtype=bfloat16 is likely slow here; dtype=float16 (with a GradScaler) is what auto picks", file=sys.stderr)
     if kind == 'cpu' and requested == 'float16':
         raise ScriptError("float16 training needs a GPU; on cpu use dtype=float32 or bfloat16")
     if kind == 'cpu' and requested == 'bfloat16' and not cpu_has_fast_bfloat16():
@@ -185,18 +209,44 @@ def autocast(device, dtype):
 SDPA_BACKENDS = ('auto', 'flash', 'cudnn', 'efficient', 'math')
 
 
-def select_sdpa_backend(name):
-    """Restricts torch's scaled_dot_product_attention to one CUDA kernel family ('flash', 'cudnn',
-    'efficient', 'math'), for measuring which is fastest; 'auto' leaves torch's choice."""
+def dropout_in_sixteenths(dropout):
+    """Whether cuDNN's attention can apply this dropout rate: some of its kernels resolve the rate only
+    in steps of 1/16 and round anything else (pytorch/pytorch#174245 keeps torch from routing such
+    rates to cuDNN; torch 2.11 does not have it)."""
+    return abs(dropout * 16 - round(dropout * 16)) < 1e-9
+
+
+def select_sdpa_backend(name, device, dtype, dropout):
+    """Which kernels torch's scaled_dot_product_attention may use on CUDA. 'flash', 'cudnn', 'efficient'
+    or 'math' restrict it to that family, for measuring which is fastest; a family that cannot run this
+    setting is refused in one line, not at the first forward. 'auto' leaves the choice to torch, except
+    that cuDNN's kernels are left out where the dropout is not a multiple of 1/16 (torch 2.11 on Hopper
+    would otherwise train with another rate than the one configured)."""
     if name not in SDPA_BACKENDS:
         raise ScriptError(f"unknown sdpa_backend {name!r}; use one of {', '.join(SDPA_BACKENDS)}")
+    kind = device.split(':')[0]
+    if kind != 'cuda' and name in ('cudnn', 'efficient'):
+        raise ScriptError(f"sdpa_backend={name} is a CUDA kernel and this run is on {device}; use sdpa_backend=auto")
+    if kind == 'cuda' and name in ('flash', 'cudnn'):
+        if dtype == 'float32':
+            raise ScriptError(f"sdpa_backend={name} runs only in bfloat16 or float16, and dtype is float32; use "
+                              f"dtype=bfloat16 (or auto), or sdpa_backend=efficient, math or auto")
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            raise ScriptError(f"sdpa_backend={name} needs compute capability 8.0 (Ampere) or later, and this GPU "
+                              f"({torch.cuda.get_device_name(device)}) has not; use sdpa_backend=efficient or auto")
+    if name == 'cudnn' and not dropout_in_sixteenths(dropout):
+        raise ScriptError(f"sdpa_backend=cudnn applies dropout only in steps of 1/16, so dropout={dropout} would "
+                          f"become another rate or find no kernel; use a multiple of 0.0625 or another sdpa_backend")
+    cudnn = getattr(torch.backends.cuda, 'enable_cudnn_sdp', None)  # torch>=2.3
     if name == 'auto':
+        if kind == 'cuda' and cudnn is not None and not dropout_in_sixteenths(dropout):
+            cudnn(False)
         return
     torch.backends.cuda.enable_flash_sdp(name == 'flash')
     torch.backends.cuda.enable_mem_efficient_sdp(name == 'efficient')
     torch.backends.cuda.enable_math_sdp(name == 'math')
-    if hasattr(torch.backends.cuda, 'enable_cudnn_sdp'):
-        torch.backends.cuda.enable_cudnn_sdp(name == 'cudnn')
+    if cudnn is not None:
+        cudnn(name == 'cudnn')
 
 
 def synchronize(device):

@@ -3,6 +3,7 @@ torch.distributed for train.py: process-group set-up under torchrun, DDP or FSDP
 full (unsharded) state dicts so that checkpoints of sharded runs load anywhere.
 """
 
+import inspect
 import os
 
 import torch
@@ -13,8 +14,12 @@ from nanogpt import ScriptError
 
 def setup(backend, device):
     """Under torchrun (RANK set): joins the process group and returns (rank, local_rank, world_size,
-    device) with this process's device; otherwise (0, 0, 1, device)."""
+    device) with this process's device; otherwise (0, 0, 1, device).
+    A process on cuda:N makes GPU N its current device: else CUDA's first use by anything that takes
+    the current device puts a context (about 0.5 GB) on GPU 0."""
     if int(os.environ.get('RANK', -1)) == -1:
+        if device.startswith('cuda:'):
+            torch.cuda.set_device(device)
         return 0, 0, 1, device
     rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
     if device.startswith('cuda'):
@@ -22,7 +27,12 @@ def setup(backend, device):
         torch.cuda.set_device(device)
     if backend in ('', 'auto'):
         backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    dist.init_process_group(backend=backend)
+    options = {}
+    if backend == 'nccl' and 'device_id' in inspect.signature(dist.init_process_group).parameters:
+        # binds the group to this GPU: NCCL then knows which GPU a barrier is for, and does not warn at
+        # teardown that it guessed
+        options['device_id'] = torch.device(device)
+    dist.init_process_group(backend=backend, **options)
     return rank, local_rank, world_size, device
 
 
@@ -53,6 +63,12 @@ def _state_dict_options(cpu_offload):
     return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
 
 
+def _unwrapped(model):
+    """The FSDP module itself: torch.compile's wrapper prefixes every parameter name with '_orig_mod.',
+    which torch.distributed's state-dict functions strip, so names taken from the wrapper match nothing."""
+    return getattr(model, '_orig_mod', model)
+
+
 def _param_names(model, optimizer):
     """The names of the optimizer's parameters in its own order: the key between the optimizer's
     numbered state (the format of optimizer.state_dict()) and torch.distributed's named one."""
@@ -61,9 +77,11 @@ def _param_names(model, optimizer):
 
 
 def full_state(model, optimizer):
-    """(model state dict, optimizer state dict) of an FSDP-sharded model, gathered whole on the CPU
-    (collective: every rank calls it; rank 0 gets the tensors) and in optimizer.state_dict()'s format."""
+    """(model state dict, optimizer state dict) of an FSDP-sharded model (or torch.compile's wrapper of
+    one), gathered whole on the CPU (collective: every rank calls it; rank 0 gets the tensors) and in
+    optimizer.state_dict()'s format."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    model = _unwrapped(model)
     options = _state_dict_options(cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
     named = get_optimizer_state_dict(model, optimizer, options=options)
@@ -80,8 +98,10 @@ def full_state(model, optimizer):
 
 def load_full_state(model, optimizer, model_sd, optim_sd):
     """Loads full state dicts (as full_state returns, or from a single-device run) into an FSDP model
-    and its optimizer; every rank holds the full dicts and keeps its shard."""
+    (or torch.compile's wrapper of one) and its optimizer; every rank holds the full dicts and keeps its
+    shard."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    model = _unwrapped(model)
     options = _state_dict_options(cpu_offload=False)
     set_model_state_dict(model, model_sd, options=options)
     if optimizer is not None and optim_sd is not None:

@@ -1,5 +1,7 @@
 """One optimizer step of training, shared by train.py and bench.py so that bench.py times exactly
-what train.py runs."""
+what train.py runs; and when a run has diverged."""
+
+import math
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -51,3 +53,27 @@ def train_step(model, optimizer, scaler, ctx, X, Y, *, batch, it, micro_steps, g
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return X, Y, loss_sum, grad_norm.float()
+
+
+# below 1 the float16 gradients overflow even unscaled ("something is likely wrong", as torch's
+# GradScaler.update says): from the initial 2**16, halved at each skip, that takes 17 skips in a row
+MIN_LOSS_SCALE = 1.0
+
+
+def divergence(rows, grad_clip, loss_scale=None):
+    """The first iteration at which training must stop, as (row, what went wrong in words), or None.
+    rows are (iteration, lr, loss, gradient norm) as read from the device, oldest first; loss_scale is
+    the float16 GradScaler's scale after the last of them, None where there is no scaler.
+    A non-finite loss always stops the run; without a scaler, so does a non-finite gradient norm. With
+    one, a non-finite gradient norm is routine: the scaler skips that step and halves its scale (and
+    doubles it after 2000 clean steps, so a long run overflows now and then). Such a run stops only
+    once the scale has fallen below MIN_LOSS_SCALE, with skip after skip."""
+    for row in rows:
+        _, _, loss, norm = row
+        if not math.isfinite(loss) or (loss_scale is None and not math.isfinite(norm)):
+            norm_text = 'n/a (grad_clip=0)' if grad_clip == 0.0 else f"{norm:.4g}"
+            return row, f"the loss is {loss:.4g}, the gradient norm {norm_text}"
+    if loss_scale is not None and loss_scale < MIN_LOSS_SCALE:
+        return rows[-1], (f"the float16 GradScaler skipped step after step on overflowing gradients, down to a "
+                          f"loss scale of {loss_scale:.3g},")
+    return None

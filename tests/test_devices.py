@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from nanogpt.device import (cuda_graphs_accumulation_error, device_peak_flops, format_mfu, mfu, peak_flops, pick_device,
@@ -40,6 +42,17 @@ T = 1e12
     ('NVIDIA GeForce RTX 3090', 'bfloat16', 71 * T),
     ('NVIDIA GeForce RTX 4090', 'bfloat16', 165.2 * T),
     ('NVIDIA GeForce RTX 5090', 'bfloat16', 209.5 * T),
+    ('NVIDIA GH200 480GB', 'bfloat16', 989.4 * T),  # not H200's pattern, though the same rate
+    ('NVIDIA GH200 144G HBM3e', 'float32', 494.7 * T),
+    ('NVIDIA A800-SXM4-80GB', 'bfloat16', 312 * T),
+    ('NVIDIA A800 80GB PCIe', 'float32', 156 * T),
+    ('NVIDIA RTX 6000 Ada Generation', 'bfloat16', 364.2 * T),
+    ('NVIDIA RTX 6000 Ada Generation', 'float32', 182.1 * T),
+    ('Quadro RTX 6000', 'float16', None),  # Turing: another card
+    ('NVIDIA GeForce RTX 3090 Ti', 'bfloat16', 80 * T),  # not the RTX 3090's 71
+    ('NVIDIA GeForce RTX 3090 Ti', 'float32', 40 * T),
+    ('NVIDIA B300 SXM6 AC', 'bfloat16', 2250 * T),
+    ('NVIDIA B300 SXM6 AC', 'float32', 1125 * T),
     ('NVIDIA GeForce RTX 3060 Ti', 'bfloat16', None),  # another card: unknown rather than wrong
     ('NVIDIA GeForce RTX 4090 Laptop GPU', 'bfloat16', None),
     ('Some Future Accelerator 9000', 'bfloat16', None),
@@ -53,7 +66,8 @@ def test_every_listed_gpu_has_a_16_bit_rate():
              'NVIDIA H800', 'NVIDIA H20', 'NVIDIA B200', 'NVIDIA GB200', 'NVIDIA L4', 'NVIDIA L40', 'NVIDIA L40S',
              'NVIDIA A10', 'NVIDIA A10G', 'NVIDIA A30', 'NVIDIA A40', 'NVIDIA RTX A6000', 'Tesla V100-SXM2-32GB',
              'Tesla T4', 'NVIDIA GeForce RTX 3060', 'NVIDIA GeForce RTX 3090', 'NVIDIA GeForce RTX 4090',
-             'NVIDIA GeForce RTX 5090']
+             'NVIDIA GeForce RTX 5090', 'NVIDIA GH200 480GB', 'NVIDIA A800-SXM4-80GB', 'NVIDIA RTX 6000 Ada Generation',
+             'NVIDIA GeForce RTX 3090 Ti', 'NVIDIA B300 SXM6 AC']
     assert all(peak_flops(n, 'float16') for n in names)
 
 
@@ -158,3 +172,92 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
             pytest.skip("no glibc mallopt here")
         faults[mode] = int(out[1])
     assert faults['keep'] * 10 < faults['default'], faults
+
+
+# GPUs as torch describes them: name, compute capability, and whether torch.cuda.is_bf16_supported()
+# says yes with emulation counted (its default) and without
+GPUS = {
+    'V100': ('Tesla V100-SXM2-16GB', (7, 0), {True: True, False: False}),
+    'T4': ('Tesla T4', (7, 5), {True: True, False: False}),
+    'A100': ('NVIDIA A100-SXM4-80GB', (8, 0), {True: True, False: True}),
+    'H100': ('NVIDIA H100 80GB HBM3', (9, 0), {True: True, False: True}),
+    'Pascal': ('Tesla P100-PCIE-16GB', (6, 0), {True: False, False: False}),  # not even emulated
+}
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Makes torch's capability queries describe one of GPUS, as on a machine that has it."""
+    import torch
+
+    def use(key):
+        name, capability, bf16 = GPUS[key]
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: bf16[including_emulation])
+    return use
+
+
+@pytest.mark.parametrize('key,expected', [('V100', 'float16'), ('T4', 'float16'), ('A100', 'bfloat16'), ('H100', 'bfloat16')])
+def test_auto_dtype_is_bfloat16_only_where_the_gpu_has_it_natively(gpu, key, expected):
+    gpu(key)
+    assert pick_dtype('cuda', 'auto') == expected and pick_dtype('cuda:1', 'auto') == expected
+
+
+def test_explicit_bfloat16_on_an_older_gpu_warns_or_is_refused(gpu, capsys):
+    gpu('V100')
+    assert pick_dtype('cuda', 'bfloat16') == 'bfloat16'
+    assert 'only emulates bfloat16' in capsys.readouterr().err
+    gpu('A100')
+    assert pick_dtype('cuda', 'bfloat16') == 'bfloat16' and capsys.readouterr().err == ''
+    gpu('Pascal')
+    with pytest.raises(SystemExit, match='has no bfloat16; use dtype=float16'):
+        pick_dtype('cuda', 'bfloat16')
+
+
+@pytest.fixture
+def sdpa_flags():
+    """The attention kernels torch may use, as select_sdpa_backend leaves them; restored afterwards."""
+    import torch
+    names = ('flash', 'mem_efficient', 'math', 'cudnn')
+    saved = {n: getattr(torch.backends.cuda, f'{n}_sdp_enabled')() for n in names}
+    yield lambda: {n for n in names if getattr(torch.backends.cuda, f'{n}_sdp_enabled')()}
+    for n, enabled in saved.items():
+        getattr(torch.backends.cuda, f'enable_{n}_sdp')(enabled)
+
+
+ALL_SDPA = {'flash', 'mem_efficient', 'math', 'cudnn'}
+
+
+@pytest.mark.parametrize('args,enabled', [
+    (('auto', 'cuda', 'bfloat16', 0.0), ALL_SDPA),
+    (('auto', 'cuda', 'bfloat16', 0.25), ALL_SDPA),  # a multiple of 1/16: cuDNN applies it exactly
+    (('auto', 'cuda', 'bfloat16', 0.2), ALL_SDPA - {'cudnn'}),  # it would not: cuDNN left out
+    (('auto', 'cpu', 'float32', 0.2), ALL_SDPA),
+    (('flash', 'cuda', 'bfloat16', 0.2), {'flash'}),
+    (('cudnn', 'cuda', 'float16', 0.125), {'cudnn'}),
+    (('efficient', 'cuda', 'float32', 0.2), {'mem_efficient'}),
+    (('math', 'cpu', 'float32', 0.0), {'math'}),
+])
+def test_sdpa_backend_choices(gpu, sdpa_flags, args, enabled):
+    from nanogpt.device import select_sdpa_backend
+    gpu('H100')
+    select_sdpa_backend(*args)
+    assert sdpa_flags() == enabled
+
+
+@pytest.mark.parametrize('key,args,words', [
+    ('H100', ('flash', 'cuda', 'float32', 0.0), 'sdpa_backend=flash runs only in bfloat16 or float16, and dtype is float32'),
+    ('H100', ('cudnn', 'cuda:1', 'float32', 0.0), 'sdpa_backend=cudnn runs only in bfloat16 or float16'),
+    ('T4', ('flash', 'cuda', 'float16', 0.0), 'needs compute capability 8.0 (Ampere) or later, and this GPU (Tesla T4)'),
+    ('H100', ('cudnn', 'cuda', 'bfloat16', 0.2), 'dropout=0.2 would become another rate'),
+    ('H100', ('cudnn', 'cpu', 'float32', 0.0), 'sdpa_backend=cudnn is a CUDA kernel and this run is on cpu'),
+    ('H100', ('efficient', 'cpu', 'float32', 0.0), 'sdpa_backend=efficient is a CUDA kernel'),
+    ('H100', ('fast', 'cuda', 'bfloat16', 0.0), "unknown sdpa_backend 'fast'"),
+])
+def test_sdpa_backends_that_cannot_run_are_refused_in_one_line(gpu, sdpa_flags, key, args, words):
+    from nanogpt.device import select_sdpa_backend
+    gpu(key)
+    with pytest.raises(SystemExit, match=re.escape(words)):
+        select_sdpa_backend(*args)
+    assert sdpa_flags() == ALL_SDPA  # refused before anything changed

@@ -99,13 +99,47 @@ def test_non_dividing_gradient_accumulation_is_one_clear_line(project, tmp_path)
     assert not (tmp_path / 'out').exists()
 
 
-def test_fsdp_checkpoint_resumes_on_one_process_and_samples(project, same_batches, tmp_path):
+def test_fsdp_checkpoint_resumes_on_one_process_and_samples(project, tmp_path):
+    """Compiled, as by default: the checkpoint is gathered through torch.compile's wrapper."""
     out = tmp_path / 'out'
-    shutil.copytree(same_batches / 'fsdp', out)
+    proc = torchrun(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=4', '--eval_interval=2',
+                    '--gradient_accumulation_steps=2', '--fsdp=True', '--compile=True')
+    assert proc.stdout.count('iter 0:') == 1 and 'running uncompiled' not in proc.stderr
     ckpt = weights(out / 'ckpt.pt')
-    assert not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
+    assert ckpt['iter_num'] == 4 and not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
     assert sorted(ckpt['optimizer']['state']) == list(range(len(ckpt['optimizer']['state'])))  # upstream's format
-    proc = run_script(project, 'train.py', *SAME_BATCHES, f'--out_dir={out}', '--max_iters=4', '--init_from=resume')
-    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [2, 3]
+    proc = run_script(project, 'train.py', *TRAIN_ARGS, f'--out_dir={out}', '--max_iters=6', '--eval_interval=2',
+                      '--gradient_accumulation_steps=2', '--init_from=resume')
+    assert [int(m.group(1)) for m in iter_lines(proc.stdout)] == [4, 5]
     proc = run_script(project, 'sample.py', f'--out_dir={out}', '--num_samples=1', '--max_new_tokens=20', '--device=cpu')
     assert len(proc.stdout.split('---------------')[0].splitlines()[-1]) > 0
+
+
+@pytest.mark.parametrize('env,device,backend,expected_device,set_device,init', [
+    # one process on GPU 1: GPU 1 becomes the current device, so nothing lands on GPU 0
+    ({}, 'cuda:1', 'auto', 'cuda:1', 'cuda:1', None),
+    ({}, 'cuda', 'auto', 'cuda', None, None),
+    ({}, 'cpu', 'auto', 'cpu', None, None),
+    # under torchrun: each rank on its local GPU, NCCL bound to it
+    ({'RANK': '3', 'LOCAL_RANK': '1', 'WORLD_SIZE': '4'}, 'cuda', 'auto', 'cuda:1', 'cuda:1',
+     {'backend': 'nccl', 'device_id': torch.device('cuda:1')}),
+    ({'RANK': '1', 'LOCAL_RANK': '1', 'WORLD_SIZE': '2'}, 'cuda', 'gloo', 'cuda:1', 'cuda:1', {'backend': 'gloo'}),
+    ({'RANK': '1', 'LOCAL_RANK': '1', 'WORLD_SIZE': '2'}, 'cpu', 'auto', 'cpu', None, {'backend': 'gloo'}),
+])
+def test_setup_picks_the_device_and_binds_nccl_to_it(monkeypatch, env, device, backend, expected_device, set_device, init):
+    """The choices setup() makes, with the calls that need GPUs or a process group recorded instead of made."""
+    from nanogpt import distributed
+    for key in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    calls = {'set_device': None, 'init': None}
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda d: calls.update(set_device=d))
+
+    def init_process_group(backend=None, device_id=None):  # the parameters setup() may pass
+        calls['init'] = {'backend': backend, **({'device_id': device_id} if device_id is not None else {})}
+    monkeypatch.setattr(distributed.dist, 'init_process_group', init_process_group)
+    rank, local_rank, world_size, chosen = distributed.setup(backend, device)
+    assert chosen == expected_device and calls == {'set_device': set_device, 'init': init}
+    assert (rank, local_rank, world_size) == (int(env.get('RANK', 0)), int(env.get('LOCAL_RANK', 0)),
+                                              int(env.get('WORLD_SIZE', 1)))

@@ -193,3 +193,22 @@ def test_cpu_bfloat16_autocast_runs_attention_in_float32_and_stays_close():
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), expected, atol=0.05, rtol=0.05)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_generation_caches_in_the_compute_dtype_and_decodes_without_cudnn_attention():
+    """What each forward of generate_tokens sees: the cache's dtype (autocast's, not the float32
+    weights'), and whether cuDNN's attention, which re-plans for every key length, may run."""
+    model = tiny().eval()
+    seen = []
+
+    def look(module, args, kwargs):
+        seen.append((kwargs['kv_cache'].layers[0][0].dtype, torch.backends.cuda.cudnn_sdp_enabled(),
+                     torch.backends.cuda.flash_sdp_enabled()))
+    hook = model.register_forward_pre_hook(look, with_kwargs=True)
+    idx = torch.randint(50, (2, 3))
+    list(model.generate_tokens(idx, 3))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        list(model.generate_tokens(idx, 3))
+    hook.remove()
+    assert seen == [(torch.float32, False, True)] * 3 + [(torch.bfloat16, False, True)] * 3
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # as it was, once generation is done

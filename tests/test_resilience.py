@@ -63,6 +63,7 @@ BAD_INPUTS = [
     ('unknown device', ['--device=tpu'], "unknown device 'tpu'"),
     ('unknown dtype', ['--dtype=float8'], "unknown dtype 'float8'"),
     ('dtype the device cannot do', ['--dtype=float16'], "float16 training needs a GPU"),
+    ('attention kernel the device has not', ['--sdpa_backend=cudnn'], "sdpa_backend=cudnn is a CUDA kernel"),
     ('init_from nonsense', ['--init_from=scratchy'], "init_from='scratchy'"),
 ]
 

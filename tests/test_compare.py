@@ -1,0 +1,49 @@
+"""benchmarks/compare.py: one line and nothing run where an input is missing, and its CPU path end to end
+on a few iterations, with a copy of this project standing in for upstream's checkout."""
+
+import shutil
+
+from conftest import REPO, copy_project, run_script
+
+
+def with_compare(dest):
+    dest.mkdir()
+    project = copy_project(dest)
+    (project / 'benchmarks').mkdir()
+    shutil.copy(REPO / 'benchmarks' / 'compare.py', project / 'benchmarks' / 'compare.py')
+    return project
+
+
+def test_missing_inputs_stop_compare_with_one_line(tmp_path):
+    project = with_compare(tmp_path / 'project')
+    (tmp_path / 'empty').mkdir()
+    cases = [
+        (['--upstream=' + str(tmp_path / 'nope')], 'does not exist; clone https://github.com/karpathy/nanoGPT there'),
+        (['--upstream=' + str(tmp_path / 'empty')], 'is not a nanoGPT checkout: it lacks train.py, model.py, bench.py'),
+        (['--device=tpu'], "device='tpu': use cpu or cuda"),
+        (['--device=cuda'], 'input.txt is missing'),  # the case below, on the GPU path
+    ]
+    for i, (args, expected) in enumerate(cases):
+        if i == len(cases) - 1:
+            (project / 'data' / 'shakespeare_char' / 'input.txt').unlink()
+        proc = run_script(project, 'benchmarks/compare.py', *args, check=False)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr
+        assert len(err) == 1 and err[0].startswith('error: ') and expected in err[0], err
+        assert not (project / 'bench_results').exists() and not (tmp_path / 'empty' / 'data').exists()
+
+
+def test_cpu_comparison_runs_both_and_prints_the_table(tmp_path):
+    project = with_compare(tmp_path / 'project')
+    (tmp_path / 'upstream').mkdir()
+    stand_in = copy_project(tmp_path / 'upstream')
+    proc = run_script(project, 'benchmarks/compare.py', f'--upstream={stand_in}', '--max_iters=3',
+                      '--cpu_dtypes=float32')
+    lines = proc.stdout.splitlines()
+    title = lines.index('CPU: config/train_shakespeare_char_cpu.py, 3 iterations, gradients clipped at 1.0 '
+                        '(medians of 1 run(s))')
+    rows = [line.split(' | ') for line in lines[title + 3:title + 5]]
+    assert [r[0] for r in rows] == ['| upstream nanoGPT', '| this toolkit, float32']
+    assert rows[0][-2:] == ['1.00x', '1.00x |']
+    assert (stand_in / 'data' / 'shakespeare_char' / 'train.bin').exists()  # upstream's data is ours
+    assert 'recorded' not in proc.stdout

@@ -8,6 +8,7 @@ uint32 where meta.pkl says 'dtype': 'uint32'), and meta.pkl with vocab_size and 
 
 import os
 import pickle
+import re
 
 import numpy as np
 import torch
@@ -60,27 +61,117 @@ def token_dtype(meta):
     return np.dtype(dtype)
 
 
+def split_files(data_dir, split):
+    """The token files of a split: [<split>.bin], or its shards [<split>_000.bin, <split>_001.bin, ...]
+    in order, or [] where there are none. Shards numbered with a gap, or a folder with both kinds,
+    are refused: a split with a piece missing would train on the wrong data without a word."""
+    single = os.path.join(data_dir, f'{split}.bin')
+    pattern = re.compile(rf'{re.escape(split)}_(\d{{3,}})\.bin')
+    numbered = sorted((int(m.group(1)), name) for name in os.listdir(data_dir) if (m := pattern.fullmatch(name)))
+    if not numbered:
+        return [single] if os.path.isfile(single) else []
+    if os.path.isfile(single):
+        raise ScriptError(f"{data_dir} holds both {split}.bin and {split} shards ({numbered[0][1]}, ...); "
+                          f"move one of them away")
+    for i, (number, name) in enumerate(numbered):
+        if number < i:
+            raise ScriptError(f"{data_dir} holds {numbered[i - 1][1]} and {name}, two shards numbered {number}; "
+                              f"move one of them away")
+        if number > i:
+            raise ScriptError(f"{os.path.join(data_dir, f'{split}_{i:03d}.bin')} is missing: the {split} shards "
+                              f"must be numbered from 000 without gaps; prepare the dataset again (an interrupted "
+                              f"prepare.py continues from its last complete shard)")
+    return [os.path.join(data_dir, name) for _, name in numbered]
+
+
+class TokenShards:
+    """A split stored as shards <split>_000.bin, <split>_001.bin, ... read as one: len() is the tokens
+    of all of them, and slices and np.asarray() see them joined in order (for whole-split evaluation).
+    Training windows never cross from one shard into the next (see windows())."""
+
+    def __init__(self, shards):
+        self.shards = shards  # read-only memmaps
+        self.lengths = np.array([len(s) for s in shards], dtype=np.int64)
+        self.dtype = shards[0].dtype
+
+    def __len__(self):
+        return int(self.lengths.sum())
+
+    def __getitem__(self, index):
+        """A token, or a slice of the joined shards, read from the shards it covers only."""
+        ends = np.cumsum(self.lengths)
+        if not isinstance(index, slice):
+            i = int(index) + (len(self) if int(index) < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"token {index} of {len(self)}")
+            s = int(np.searchsorted(ends, i, side='right'))
+            return self.shards[s][i - (ends[s] - self.lengths[s])]
+        start, stop, step = index.indices(len(self))
+        if step < 0:
+            return np.asarray(self)[index]
+        pieces = [shard[max(start - first, 0):max(stop - first, 0)]
+                  for shard, first in zip(self.shards, ends - self.lengths) if first < stop and first + len(shard) > start]
+        joined = np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+        return joined if step == 1 else joined[::step]
+
+    def __array__(self, dtype=None, copy=None):
+        joined = np.concatenate(self.shards)
+        return joined if dtype is None else joined.astype(dtype)
+
+    def astype(self, dtype):
+        return np.asarray(self, dtype=dtype)
+
+    def window_count(self, block_size):
+        """How many windows of block_size + 1 tokens fit in the shards, each inside one shard."""
+        return int(np.maximum(self.lengths - block_size, 0).sum())
+
+    def windows(self, k, block_size):
+        """Rows of block_size + 1 tokens: window k[i] of the window_count(block_size) windows, counted
+        shard after shard. Drawn uniformly over the windows, each shard is chosen in proportion to its
+        length. With one shard, window k starts at token k, as in a single .bin file."""
+        counts = np.maximum(self.lengths - block_size, 0)
+        ends = np.cumsum(counts)
+        shard = np.searchsorted(ends, k, side='right')
+        offset = k - (ends[shard] - counts[shard])
+        rows = np.empty((len(k), block_size + 1), dtype=self.dtype)
+        for s in np.unique(shard):
+            chosen = shard == s
+            rows[chosen] = self.shards[s][offset[chosen, None] + np.arange(block_size + 1)]
+        return rows
+
+
 def open_split(data_dir, split, meta, block_size, vocab_size, dataset=None):
-    """The tokens of train.bin or val.bin as a read-only memmap, opened once, after checking that
-    the file exists, is longer than block_size and (for files up to FULL_CHECK_TOKENS) that every
-    id is below vocab_size."""
-    path = os.path.join(data_dir, f'{split}.bin')
+    """The tokens of a split, opened once: <split>.bin as a read-only memmap, or its shards
+    <split>_000.bin, <split>_001.bin, ... as TokenShards. Checks first that the files exist, hold
+    whole tokens and more than block_size of them, and (up to FULL_CHECK_TOKENS tokens in all) that
+    every id is below vocab_size."""
     hint = prepare_hint(dataset or os.path.basename(data_dir))
     if not os.path.isdir(data_dir):
         raise ScriptError(f"no dataset folder {data_dir}; {hint}")
-    if not os.path.isfile(path):
-        raise ScriptError(f"{path} does not exist; {hint}")
+    files = split_files(data_dir, split)
+    if not files:
+        raise ScriptError(f"{os.path.join(data_dir, f'{split}.bin')} does not exist (nor {split}_000.bin); {hint}")
     dtype = token_dtype(meta)
-    size = os.path.getsize(path)
-    if size % dtype.itemsize:
-        raise ScriptError(f"{path} is not a whole number of {dtype} tokens; prepare the dataset again")
-    n = size // dtype.itemsize
-    if n <= block_size:
-        raise ScriptError(f"{path} has {n} tokens, it needs more than block_size={block_size}; "
-                         f"use a smaller block_size or more data")
-    data = np.memmap(path, dtype=dtype, mode='r')
+    for path in files:
+        if os.path.getsize(path) % dtype.itemsize:
+            raise ScriptError(f"{path} is not a whole number of {dtype} tokens; prepare the dataset again")
+    n = sum(os.path.getsize(path) for path in files) // dtype.itemsize
+    if os.path.basename(files[0]) == f'{split}.bin':
+        if n <= block_size:
+            raise ScriptError(f"{files[0]} has {n} tokens, it needs more than block_size={block_size}; "
+                              f"use a smaller block_size or more data")
+        data = np.memmap(files[0], dtype=dtype, mode='r')
+        shards = [data]
+    else:
+        shards = [np.memmap(path, dtype=dtype, mode='r') if os.path.getsize(path) else np.zeros(0, dtype)
+                  for path in files]
+        data = TokenShards(shards)
+        if data.window_count(block_size) == 0:
+            raise ScriptError(f"no shard of {os.path.join(data_dir, split)}_*.bin has more than "
+                              f"block_size={block_size} tokens; use a smaller block_size or more data")
     if n <= FULL_CHECK_TOKENS:
-        check_token_ids(data, vocab_size, path)
+        for path, tokens in zip(files, shards):
+            check_token_ids(tokens, vocab_size, path)
     return data
 
 
@@ -95,8 +186,12 @@ def get_batch(data, batch_size, block_size, seed, vocab_size=None, device='cpu')
     """batch_size random windows of data: x (batch_size, block_size) and y, the same shifted by one.
     The windows are a function of seed alone (a tuple of ints, e.g. (seed, rank, iter, micro_step)),
     so a resumed run draws exactly the batches the uninterrupted run would have drawn."""
-    starts = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)
-    rows = data[starts[:, None] + np.arange(block_size + 1)]  # one gather, no Python loop over rows
+    rng = np.random.default_rng(seed)
+    if isinstance(data, TokenShards):
+        rows = data.windows(rng.integers(0, data.window_count(block_size), size=batch_size), block_size)
+    else:
+        starts = rng.integers(0, len(data) - block_size, size=batch_size)
+        rows = data[starts[:, None] + np.arange(block_size + 1)]  # one gather, no Python loop over rows
     if vocab_size is not None and len(data) > FULL_CHECK_TOKENS:
         check_token_ids(rows, vocab_size, 'the training data')
     x = torch.from_numpy(rows[:, :-1].astype(np.int64))

@@ -102,3 +102,78 @@ def test_gpt2_tokens_that_split_a_character_decode_safely_one_at_a_time(gpt2_bpe
     decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')  # as sample.py streams
     streamed = ''.join(decoder.decode(p) for p in pieces) + decoder.decode(b'', final=True)
     assert streamed == text
+
+
+# ----------------------------------------------------------------------------- sharded splits
+
+def write_shards(folder, split, shards, dtype=np.uint16):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, tokens in enumerate(shards):
+        np.asarray(tokens, dtype=dtype).tofile(folder / f'{split}_{i:03d}.bin')
+
+
+def test_shards_read_as_one_split(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = [700, 40, 1200, 5, 300]  # one shard too short for a window, one with a single window
+    shards = [rng.integers(0, 60000, n).astype(np.uint16) for n in lengths]
+    write_shards(tmp_path / 'd', 'train', shards)
+    data = open_split(str(tmp_path / 'd'), 'train', {}, 39, 60000)
+    joined = np.concatenate(shards)
+    assert len(data) == len(joined) and data.dtype == np.uint16
+    assert np.array_equal(data.astype(np.int64), joined) and np.array_equal(data[650:1000], joined[650:1000])
+    assert data[741] == joined[741] and data[-1] == joined[-1]
+
+    # the reference: every window that fits in one shard, listed shard after shard, drawn uniformly
+    windows = [(s, i) for s, n in enumerate(lengths) for i in range(n - 39)]
+    for seed in [(1,), (1337, 0, 5, 3), (2, 2)]:
+        x, y = get_batch(data, 64, 39, seed)
+        picks = np.random.default_rng(seed).integers(0, len(windows), size=64)
+        expected = np.stack([shards[s][i:i + 40] for s, i in (windows[k] for k in picks)]).astype(np.int64)
+        assert torch.equal(x, torch.from_numpy(expected[:, :-1])) and torch.equal(y, torch.from_numpy(expected[:, 1:]))
+    # over many batches each shard is chosen in proportion to its windows, and the short one never
+    x, _ = get_batch(data, 20000, 39, (7,))
+    first = x[:, 0].numpy()
+    counts = [np.isin(first, shard[:max(n - 39, 0)]).mean() for shard, n in zip(shards, lengths)]
+    expected = np.array([max(n - 39, 0) for n in lengths]) / len(windows)
+    np.testing.assert_allclose(counts, expected, atol=0.02)
+
+
+def test_one_shard_draws_the_batches_of_one_file(tmp_path):
+    tokens = np.random.default_rng(1).integers(0, 65, 3000).astype(np.uint16)
+    write_dataset(tmp_path / 'file', tokens, tokens[:100], {'vocab_size': 65})
+    write_shards(tmp_path / 'shard', 'train', [tokens])
+    single = open_split(str(tmp_path / 'file'), 'train', {}, 16, 65)
+    sharded = open_split(str(tmp_path / 'shard'), 'train', {}, 16, 65)
+    assert isinstance(single, np.memmap) and not isinstance(sharded, np.memmap)
+    for seed in [(1337, 0, 0, 0), (1337, 1, 4, 0, 3)]:
+        a, b = get_batch(single, 8, 16, seed, 65), get_batch(sharded, 8, 16, seed, 65)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_sharded_split_errors(tmp_path):
+    def fails(folder, split='train', block_size=4, vocab_size=100):
+        with pytest.raises(SystemExit) as e:
+            open_split(str(folder), split, {}, block_size, vocab_size)
+        assert e.value.code.startswith('error: ') and '\n' not in e.value.code
+        return e.value.code
+
+    write_shards(tmp_path / 'gap', 'train', [range(20)] * 3)
+    (tmp_path / 'gap' / 'train_001.bin').unlink()
+    assert f"{tmp_path / 'gap' / 'train_001.bin'} is missing: the train shards must be numbered from 000" in fails(tmp_path / 'gap')
+    write_shards(tmp_path / 'twice', 'train', [range(20)] * 2)
+    (tmp_path / 'twice' / 'train_0001.bin').write_bytes(bytes(40))
+    assert 'holds train_0001.bin and train_001.bin, two shards numbered 1' in fails(tmp_path / 'twice')
+    write_shards(tmp_path / 'torn', 'train', [range(20)] * 2)
+    with open(tmp_path / 'torn' / 'train_001.bin', 'ab') as f:
+        f.write(b'\x01')  # half a token
+    assert f"{tmp_path / 'torn' / 'train_001.bin'} is not a whole number of uint16 tokens" in fails(tmp_path / 'torn')
+    write_shards(tmp_path / 'both', 'train', [range(20)])
+    (tmp_path / 'both' / 'train.bin').write_bytes(bytes(40))
+    assert 'holds both train.bin and train shards' in fails(tmp_path / 'both')
+    write_shards(tmp_path / 'short', 'train', [range(4), range(3)])
+    assert 'no shard of' in fails(tmp_path / 'short') and 'more than block_size=4 tokens' in fails(tmp_path / 'short')
+    write_shards(tmp_path / 'ids', 'train', [range(20), range(90, 110)])
+    assert f"{tmp_path / 'ids' / 'train_001.bin'} holds token id 109, not below" in fails(tmp_path / 'ids')
+    assert 'val.bin does not exist (nor val_000.bin)' in fails(tmp_path / 'ids', 'val')
+    (tmp_path / 'ids' / 'train_002.bin.tmp').write_bytes(bytes(7))  # an interrupted write's leftover: not a shard
+    assert len(open_split(str(tmp_path / 'ids'), 'train', {}, 4, 110)) == 40

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from configurator import configure
-from nanogpt import ScriptError, distributed
+from nanogpt import ScriptError, distributed, hellaswag
 from nanogpt.checkpoint import clean_state_dict, init_model, save_checkpoint
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
@@ -42,13 +42,15 @@ log_interval = 1  # print an 'iter' line every this many iterations
 eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # if True, exit right after the first evaluation
 always_save_checkpoint = True  # if True, save after each evaluation, not only when val loss improves
+hellaswag_interval = 0  # score HellaSwag (acc_norm) every this many iterations and at the end; 0: never
+hellaswag_path = ''  # HellaSwag's validation JSONL; '' reads data/hellaswag/hellaswag_val.jsonl (data/hellaswag/prepare.py)
 init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or a Hugging Face GPT-2 directory
 # wandb logging
 wandb_log = False  # log to Weights & Biases (works offline with WANDB_MODE=offline)
 wandb_project = 'owt'
 wandb_run_name = 'gpt2'
 # data
-dataset = 'openwebtext'  # data/<dataset>/ with train.bin, val.bin (and meta.pkl), or a path to such a folder
+dataset = 'openwebtext'  # data/<dataset>/ with train.bin, val.bin (or shards train_000.bin, ..., val_000.bin) and meta.pkl, or a path to such a folder
 gradient_accumulation_steps = 5 * 8  # micro-steps per iteration, to simulate larger batches
 batch_size = 12  # micro-batch size
 block_size = 1024  # context length
@@ -92,6 +94,8 @@ if max_iters < 0 or (max_iters == 0 and not eval_only):
     raise ScriptError(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
 if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it fails before torchrun's process group
     raise ScriptError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+if hellaswag_interval < 0:
+    raise ScriptError(f"hellaswag_interval must be 0 (never) or more, got {hellaswag_interval}")
 if not 0.0 <= dropout < 1.0:
     raise ScriptError(f"dropout must be in [0, 1), got {dropout}")
 if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
@@ -147,6 +151,8 @@ model_args = {k: getattr(model.config, k) for k in (*model_args, 'dropout')}  # 
 vocab_size = model.config.vocab_size
 train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
+if hellaswag_interval:  # read and tokenised once; scored by the uncompiled model, whatever shapes it meets
+    hellaswag_examples = hellaswag.examples_for_model(hellaswag_path, vocab_size, block_size)
 raw_model = model  # the plain GPT: its state_dict has clean names
 model.to(device)
 flops_per_token = raw_model.flops_per_token(block_size)
@@ -333,6 +339,18 @@ while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
+
+    # HellaSwag every hellaswag_interval iterations and at the end, the examples shared out among the ranks
+    if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:
+        t_eval = time.time()
+        scores = hellaswag.evaluate(raw_model, hellaswag_examples, device, ctx, rank, world_size)
+        eval_s = time.time() - t_eval
+        if master_process:
+            print(f"hellaswag {iter_num}: acc_norm {scores['acc_norm']:.4f}, acc {scores['acc']:.4f}, "
+                  f"{scores['examples']} examples, {eval_s:.2f}s")
+        record({'iter': iter_num, 'hellaswag_acc_norm': scores['acc_norm'], 'hellaswag_acc': scores['acc'],
+                'hellaswag_s': eval_s})
+        t0, iters_timed = time.time(), 0
 
     # evaluate, and save a checkpoint, every eval_interval iterations and at the end
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:

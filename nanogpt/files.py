@@ -61,12 +61,13 @@ def append_metrics(path, row):
 
 def trim_metrics(path, resume_iter, keep_eval_at_resume):
     """Before a resumed run appends: drop the rows of the iterations it is about to repeat, so each
-    iteration appears once. The evaluation at the resume iteration stays when it is not repeated."""
+    iteration appears once. The evaluations (losses, HellaSwag) at the resume iteration stay when they
+    are not repeated."""
     if not os.path.exists(path):
         return
     rows = read_metrics(path)
     kept = [r for r in rows if r.get('iter', 0) < resume_iter
-            or (keep_eval_at_resume and 'val_loss' in r and r.get('iter') == resume_iter)]
+            or (keep_eval_at_resume and ('val_loss' in r or 'hellaswag_acc_norm' in r) and r.get('iter') == resume_iter)]
     if len(kept) < len(rows):
         with atomic_write(path, 'w') as f:
             f.writelines(json.dumps(r) + '\n' for r in kept)

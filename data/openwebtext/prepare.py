@@ -1,10 +1,15 @@
 """
 OpenWebText in GPT-2 BPE tokens: train.bin (about 9B tokens, 17GB) and val.bin (about 4M tokens) as
-uint16, and meta.pkl, in this folder. Downloads the corpus from the Hugging Face hub (about 54GB in
-its cache) and tokenizes it with tiktoken in num_proc worker processes.
+uint16, and meta.pkl, in this folder. The corpus (8,013,769 documents) comes from the Hugging Face hub
+as Parquet files (about 54GB in its cache with the prepared copy), or from a local folder; it is
+tokenized in num_proc worker processes, and each document is followed by <|endoftext|>.
 $ pip install datasets
 $ python data/openwebtext/prepare.py [--num_proc=8]
+$ python data/openwebtext/prepare.py --source=path/to/folder     # local .parquet or .jsonl files, a 'text' column
 Offline, tiktoken needs the BPE file: set NANOGPT_GPT2_BPE to a local gpt2.tiktoken.
+
+The split is upstream nanoGPT's: 0.05% of the documents, shuffled with seed 2357, are the validation
+split; the rest, in the corpus's order, is the training split.
 """
 import os
 import pickle
@@ -16,6 +21,19 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from configurator import configure  # noqa: E402
 from nanogpt import ScriptError  # noqa: E402
+
+# Where the corpus lives on the hub. datasets 4.0 and later no longer run loading scripts ("Dataset
+# scripts are no longer supported", karpathy/nanoGPT#633, open when this was written), and the main
+# branch of Skylion007/openwebtext has been such a script (a pull request on the hub to replace it with
+# Parquet files is its discussion #22). The corpus's author pushed the same corpus as Parquet files to
+# pull requests of that repository: #20 holds data/train-000NN-of-00080.parquet, the 80 shards of the
+# dataset the script builds, read here with the generic 'parquet' loader of every datasets version.
+# The hub's automatic conversion (refs/convert/parquet) stops at about 5GB for a dataset this large
+# ('partial-train'), so it would give another corpus, and another split. The document count below is
+# checked; the order of the documents, which the split also depends on, cannot be checked here.
+# Once the main branch holds Parquet files: --hub_files='hf://datasets/Skylion007/openwebtext/data/*.parquet'
+HUB_FILES = 'hf://datasets/Skylion007/openwebtext@refs/pr/20/data/train-*-of-00080.parquet'
+DOCUMENTS = 8_013_769  # in OpenWebText; another count would give another split
 
 # The tokenizer of each worker process, made on its first document. Workers get tokenize() by
 # pickling; a module-level function that builds its own encoding travels light and works the same
@@ -35,53 +53,63 @@ def tokenize(example):
 
 # -----------------------------------------------------------------------------
 num_proc = max(1, (os.cpu_count() or 2) // 2)  # worker processes for downloading and tokenizing
+source = ''  # a local folder of .parquet or .jsonl files with a 'text' column, read instead of the hub
+hub_files = HUB_FILES  # the corpus's Parquet files on the hub (an hf:// path with a * pattern)
 # -----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    configure(globals())
-    if not isinstance(num_proc, int) or num_proc < 1:
-        raise ScriptError(f"num_proc must be a positive integer, got {num_proc!r}")
+    configure(globals(), positive_ints=('num_proc',))
     try:
         import datasets
     except ImportError:
         raise ScriptError("this script needs the datasets package: pip install datasets")
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()  # they would surround an error line in a log
     # nanogpt.data imports torch (seconds), so only now
+    from nanogpt.corpus import check_parquet, corpus_files, first_line
     from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, gpt2_encoding
+    from nanogpt.files import atomic_write
     gpt2_encoding()  # fail now, not after the download, if the BPE cannot be had
     here = os.path.dirname(os.path.abspath(__file__))
 
-    # one 'train' split of about 8M documents; hold out a small shuffled part for validation
+    # one 'train' split of about 8M documents, in the corpus's order
+    if source:
+        kind, files = corpus_files(source)
+        if kind == 'parquet':
+            check_parquet(files)  # a corrupt file is named before anything is read
+        builder, data_files, where = {'parquet': 'parquet', 'jsonl': 'json'}[kind], files, source
+    else:
+        builder, data_files, where = 'parquet', hub_files, hub_files
     try:
-        corpus = datasets.load_dataset('openwebtext', num_proc=num_proc)
-    except (ConnectionError, OSError) as e:  # offline, or the hub is unreachable
-        raise ScriptError(f"could not load openwebtext from the Hugging Face hub ({type(e).__name__}: {e})")
-    splits = corpus['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-    splits['val'] = splits.pop('test')
-    tokenized = splits.map(tokenize, remove_columns=['text'], desc='tokenizing', num_proc=num_proc)
+        corpus = datasets.load_dataset(builder, data_files={'train': data_files}, split='train', num_proc=num_proc)
+    except Exception as e:  # offline, the hub unreachable, a file unreadable
+        raise ScriptError(f"could not load the corpus from {where} ({type(e).__name__}: {first_line(e)})")
+    if 'text' not in corpus.column_names:
+        raise ScriptError(f"the corpus in {where} has no 'text' column (it has {', '.join(corpus.column_names)})")
+    if not source and len(corpus) != DOCUMENTS:
+        raise ScriptError(f"{where} holds {len(corpus):,} documents, OpenWebText {DOCUMENTS:,}: a partial copy "
+                          f"would give another split; point --hub_files at the whole corpus")
+    if len(corpus) < 2:
+        raise ScriptError(f"the corpus in {where} has {len(corpus)} document(s); it needs 2 to split")
 
-    # each split into one flat file, a contiguous shard of documents at a time so memory stays small
-    for split, docs in tokenized.items():
-        total = int(np.sum(docs.with_format('numpy')['len'], dtype=np.uint64))
-        path = os.path.join(here, f'{split}.bin')
-        tokens = np.memmap(path + '.tmp', dtype=np.uint16, mode='w+', shape=(total,))
-        n_shards = max(1, min(1024, len(docs)))
-        pos = 0
-        try:
+    # hold out a small shuffled part for validation, as upstream nanoGPT does
+    splits = corpus.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+    splits['val'] = splits.pop('test')
+    tokenized = splits.map(tokenize, remove_columns=splits['train'].column_names, desc='tokenizing',
+                           num_proc=num_proc)
+
+    # each split into one flat file, a contiguous shard of documents at a time so memory stays small;
+    # both files are renamed into place only once both are whole
+    paths = {split: os.path.join(here, f'{split}.bin') for split in ('val', 'train')}
+    with atomic_write(paths['val']) as val_file, atomic_write(paths['train']) as train_file:
+        for split, f in (('val', val_file), ('train', train_file)):
+            docs = tokenized[split]
+            n_shards = max(1, min(1024, len(docs)))
             for i in tqdm(range(n_shards), desc=f'writing {split}.bin'):
                 shard = docs.shard(num_shards=n_shards, index=i, contiguous=True).with_format('numpy')
                 if len(shard):
-                    ids = np.concatenate(shard['ids'])
-                    tokens[pos:pos + len(ids)] = ids
-                    pos += len(ids)
-            tokens.flush()
-        except BaseException:  # interrupted: no many-GB partial file left behind
-            del tokens
-            os.remove(path + '.tmp')
-            raise
-        del tokens
-        os.replace(path + '.tmp', path)  # only a complete file gets the real name
-        print(f"{split}.bin has {total:,} tokens")
-
-    with open(os.path.join(here, 'meta.pkl.tmp'), 'wb') as f:
+                    np.concatenate(shard['ids']).astype(np.uint16).tofile(f)
+    for split, path in paths.items():
+        print(f"{split}.bin has {os.path.getsize(path) // 2:,} tokens")
+    with atomic_write(os.path.join(here, 'meta.pkl')) as f:
         pickle.dump({'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2', 'dtype': 'uint16'}, f)
-    os.replace(os.path.join(here, 'meta.pkl.tmp'), os.path.join(here, 'meta.pkl'))

@@ -2,8 +2,9 @@
 Datasets on disk, batches and tokenizers, shared by the prepare scripts, train.py, bench.py and sample.py.
 
 A dataset is a folder data/<name>/ with train.bin and val.bin, flat arrays of token ids (uint16, or
-uint32 where meta.pkl says 'dtype': 'uint32'), and meta.pkl with vocab_size and the tokenizer:
-'char' datasets carry stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE.
+uint32 where meta.pkl says 'dtype': 'uint32'), or with each split in shards train_000.bin,
+train_001.bin, ... read as one; and meta.pkl with vocab_size and the tokenizer: 'char' datasets carry
+stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE.
 """
 
 import os

@@ -5,6 +5,7 @@ error lines; and train.py, bench.py and HellaSwag on a sharded dataset."""
 import importlib.util
 import json
 import pickle
+import runpy
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import SHAKESPEARE_TXT, TINY, copy_project, iter_lines, run_script, script_env
+from conftest import REPO, SHAKESPEARE_TXT, TINY, copy_project, iter_lines, run_script, script_env
 from nanogpt.files import read_metrics
 from test_distributed import torchrun
 from test_gpt2 import run_in_process
@@ -353,3 +354,17 @@ def test_openwebtext_split_from_a_local_folder(gpt2_bpe, tmp_path):
     for (args, expected_line), proc in zip(cases, results):
         assert expected_line in one_error_line(proc), args
     assert snapshot(folder) == before
+
+
+def test_gpt2_fineweb_config(monkeypatch):
+    config = runpy.run_path(str(REPO / 'config' / 'train_gpt2_fineweb.py'))
+    tokens = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps']
+    assert tokens == 2 ** 19 and config['gradient_accumulation_steps'] % 16 == 0  # ~0.5M; 1 to 16 GPUs
+    assert 9.99e9 < tokens * config['max_iters'] <= 10e9 and config['lr_decay_iters'] == config['max_iters']
+    assert (config['n_layer'], config['n_head'], config['n_embd'], config['dataset']) == (12, 12, 768, 'fineweb_edu')
+    assert config['hellaswag_interval'] > 0
+    # train.py takes every key (and stops at the first check, before any device or data)
+    e = run_in_process(monkeypatch, 'train.py', REPO / 'config' / 'train_gpt2_fineweb.py', '--batch_size=0')
+    assert e.code == 'error: batch_size must be a positive integer, got 0'
+    e = run_in_process(monkeypatch, 'train.py', REPO / 'config' / 'train_gpt2_fineweb.py', '--hellaswag_interval=-1')
+    assert e.code == 'error: hellaswag_interval must be 0 (never) or more, got -1'

@@ -138,3 +138,32 @@ def test_long_rows_keep_their_ending(gpt2_bpe, monkeypatch):
     enc = gpt2_from_file(gpt2_bpe)
     ending = enc.encode_ordinary(' one two three')
     assert all(len(r) == 17 and r[s:] == ending for r, s in zip(rows, starts))  # block_size + 1, the context cut
+
+
+def test_download_checks_the_file_and_writes_it_whole(tmp_path, monkeypatch):
+    """hellaswag.download over HTTP, from a server on this machine standing in for GitHub's."""
+    import functools
+    import http.server
+    import threading
+    served = tmp_path / 'served'
+    served.mkdir()
+    (served / 'hellaswag_val.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in EXAMPLES))
+    (served / 'page.html').write_text('<html>moved</html>\n')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ('NO_PROXY', 'no_proxy'):
+        monkeypatch.setenv(name, '127.0.0.1')
+    url = f'http://127.0.0.1:{server.server_address[1]}'
+    try:
+        path = tmp_path / 'cache' / 'hellaswag_val.jsonl'
+        assert len(hellaswag.download(path, f'{url}/hellaswag_val.jsonl')) == len(EXAMPLES)
+        assert path.read_bytes() == (served / 'hellaswag_val.jsonl').read_bytes()
+        for bad, expected in [('page.html', 'line 1 is not JSON'), ('missing.jsonl', 'could not download')]:
+            with pytest.raises(SystemExit) as e:
+                hellaswag.download(tmp_path / 'other' / 'hellaswag_val.jsonl', f'{url}/{bad}')
+            assert expected in e.value.code and '\n' not in e.value.code
+            assert not (tmp_path / 'other').exists()  # nothing written
+    finally:
+        server.shutdown()

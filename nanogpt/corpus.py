@@ -66,6 +66,19 @@ def check_parquet(files):
     return rows
 
 
+def json_lines(lines, where, expected):
+    """(line number, object) of each non-blank JSON line; a line that is not JSON ends the script with
+    one line naming it and saying what was expected."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ScriptError(f"{where} line {number} is not JSON ({e.msg}); {expected}")
+        yield number, item
+
+
 def read_texts(kind, files, skip=0):
     """The documents' texts, file after file, passing over the first `skip` of them (whole Parquet
     files by their row counts, without reading them). A file that turns out unreadable, or a JSONL
@@ -94,20 +107,13 @@ def read_texts(kind, files, skip=0):
     for path in files:
         try:
             with open(path, encoding='utf-8') as f:
-                for line_number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    if skip:  # passed over without parsing: the line was read whole before
+                for number, doc in json_lines(f, path, "each line must be an object with a 'text' string"):
+                    if not isinstance(doc, dict) or not isinstance(doc.get('text'), str):
+                        raise ScriptError(f"{path} line {number} has no 'text' string; each line must be an "
+                                          f"object with a 'text' string")
+                    if skip:
                         skip -= 1
                         continue
-                    try:
-                        doc = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ScriptError(f"{path} line {line_number} is not JSON ({e.msg}); each line must be an "
-                                          f"object with a 'text' string")
-                    if not isinstance(doc, dict) or not isinstance(doc.get('text'), str):
-                        raise ScriptError(f"{path} line {line_number} has no 'text' string; each line must be an "
-                                          f"object with a 'text' string")
                     yield doc['text']
         except UnicodeDecodeError as e:
             raise ScriptError(f"{path} is not valid UTF-8 (at byte {e.start}); convert it or move it away")

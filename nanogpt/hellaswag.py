@@ -10,7 +10,6 @@ The validation file is one JSON object per line with 'ctx' (the context), 'endin
 (hellaswag_interval); data/hellaswag/prepare.py downloads the file.
 """
 
-import json
 import os
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from nanogpt import ScriptError, distributed
+from nanogpt.corpus import json_lines
 from nanogpt.data import GPT2_VOCAB_SIZE, ROOT, gpt2_encoding
 from nanogpt.files import atomic_write
 
@@ -30,14 +30,8 @@ def parse_examples(lines, where):
     """[(context, [4 endings], label)] of HellaSwag's JSONL lines; a line in another format ends the
     script with one line that says which and why."""
     examples = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScriptError(f"{where} line {number} is not JSON ({e.msg}); expected HellaSwag's JSONL, one "
-                              f"object with ctx, endings and label per line")
+    for number, item in json_lines(lines, where, "expected HellaSwag's JSONL, one object with ctx, endings and "
+                                                 "label per line"):
         endings = item.get('endings') if isinstance(item, dict) else None
         label = item.get('label') if isinstance(item, dict) else None
         if isinstance(label, str) and label.isdigit():

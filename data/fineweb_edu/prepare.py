@@ -100,8 +100,8 @@ if __name__ == '__main__':
     sizes = [os.path.getsize(p) // 2 for p in done]
     for path, size in zip(done[:-1], sizes[:-1]):
         if size != shard_tokens:
-            raise ScriptError(f"{path} holds {size:,} tokens, not shard_tokens={shard_tokens:,}; move the shards "
-                              f"from it on away and run again")
+            raise ScriptError(f"{path} holds {size:,} tokens, not shard_tokens={shard_tokens:,}; move it and the "
+                              f"shards after it away, and run again to write them anew")
     meta = {'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2', 'dtype': 'uint16', 'source': origin,
             'shard_tokens': shard_tokens, 'complete': False}
     os.makedirs(out_dir, exist_ok=True)

@@ -66,8 +66,8 @@ def download(path=DEFAULT_PATH, url=URL):
         response = requests.get(url, timeout=60)
         response.raise_for_status()
     except requests.RequestException as e:
-        raise ScriptError(f"could not download {url} ({type(e).__name__}); offline, copy the file there by "
-                          f"hand or give its path with hellaswag_path")
+        raise ScriptError(f"could not download {url} ({type(e).__name__}); offline, copy it to {path} by hand, "
+                          f"or give its path with hellaswag_path")
     examples = parse_examples(response.text.splitlines(), url)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:

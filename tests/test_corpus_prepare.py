@@ -263,19 +263,6 @@ def test_fineweb_bad_input(prepared, tmp_path, monkeypatch, gpt2_bpe):
     assert all(len(data) == 2 * SHARD for name, data in after.items() if name.endswith('.bin'))  # only whole shards
 
 
-def test_openwebtext_and_hub_mode_without_datasets(tmp_path):
-    """Without the datasets package (a package of that name that fails to import stands in for its
-    absence): one line, nothing written."""
-    copy_project(tmp_path)
-    stub = tmp_path / 'no_datasets' / 'datasets'
-    stub.mkdir(parents=True)
-    (stub / '__init__.py').write_text("raise ImportError('datasets is not installed')\n")
-    env = script_env(PYTHONPATH=str(stub.parent))
-    line = one_error_line(run_script(tmp_path, 'data/openwebtext/prepare.py', '--num_proc=1', env=env, check=False))
-    assert line == "error: this script needs the datasets package: pip install datasets"
-    assert [p.name for p in (tmp_path / 'data' / 'openwebtext').iterdir()] == ['prepare.py']
-
-
 @pytest.mark.skipif(not (HAS_DATASETS and HAS_PYARROW), reason="needs the datasets and pyarrow packages")
 def test_fineweb_through_the_hub_loader_on_a_local_copy(prepared, gpt2_bpe, tmp_path):
     """--repo=a local folder in the hub's layout: the code path of the real download, offline."""

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
 from model import GPT
 from nanogpt import hellaswag
 from test_gpt2 import GPT2_VOCAB, SIZE, random_gpt2, run_in_process, write_hf_dir

@@ -16,10 +16,17 @@ Every mistake a user can make ends the script with ScriptError: one line, 'error
 import os
 
 
+def one_line(text):
+    """text as one printable line: line breaks become spaces and other control characters (and the
+    undecodable bytes of a file name) their escapes, so that a message never spills binary or breaks."""
+    text = ' '.join(part.strip() for part in str(text).splitlines() if part.strip())
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ScriptError(SystemExit):
     """Stops the script with one line 'error: message' on stderr and exit code 1, no traceback. Under
     torchrun only the first process of each node says it: the others meet the same error and leave
     with the same exit code, quietly, so the line is not repeated once per GPU."""
 
     def __init__(self, message):
-        super().__init__(f"error: {message}" if os.environ.get('LOCAL_RANK', '0') == '0' else 1)
+        super().__init__(f"error: {one_line(message)}" if os.environ.get('LOCAL_RANK', '0') == '0' else 1)

@@ -11,6 +11,7 @@ character-level one needs the stoi/itos of its dataset's meta.pkl.
 
 import json
 import os
+import re
 
 import torch
 
@@ -19,7 +20,7 @@ from model import CONV1D_WEIGHTS
 from nanogpt import ScriptError
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.data import GPT2_EOT_TOKEN
-from nanogpt.files import atomic_write, ckpt_path
+from nanogpt.files import ckpt_path, finish_swap, swap_in
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
@@ -27,6 +28,10 @@ export_dir = ''  # where config.json and model.safetensors go; empty: out_dir/hf
 # -----------------------------------------------------------------------------
 configure(globals())
 export_dir = export_dir or os.path.join(out_dir, 'hf')
+finish_swap(export_dir)  # an export killed while its files were renamed into place: completed
+if there := [name for name in ('config.json', 'model.safetensors') if os.path.exists(os.path.join(export_dir, name))]:
+    raise ScriptError(f"{export_dir} already holds an export ({' and '.join(there)}); export into another "
+                      f"--export_dir, or delete {' and '.join(there)} there first")
 
 try:
     from safetensors.torch import save_file
@@ -81,21 +86,18 @@ hf_config = {
     'eos_token_id': GPT2_EOT_TOKEN if config.vocab_size > GPT2_EOT_TOKEN else None,
 }
 
-# each file is written whole or not at all
-try:
-    os.makedirs(export_dir, exist_ok=True)
-except OSError as e:
-    raise ScriptError(f"cannot create {export_dir}: {e}")
+# both files or neither: written under temporary names, then renamed into place together (config.json last)
 weights_path = os.path.join(export_dir, 'model.safetensors')
 config_path = os.path.join(export_dir, 'config.json')
-try:
-    with atomic_write(weights_path) as f:
-        # safetensors writes by name, into the same (temporary) file; metadata: transformers wants the framework
-        save_file(tensors, f.name, metadata={'format': 'pt'})
-    with atomic_write(config_path, 'w') as f:
+with swap_in(export_dir, ('model.safetensors', 'config.json')) as staged:
+    try:
+        save_file(tensors, staged['model.safetensors'], metadata={'format': 'pt'})  # transformers wants the framework
+    except Exception as e:  # safetensors reports a failed write (a full disk) as its own error, '... (os error 28)'
+        if code := re.search(r'os error (\d+)', str(e)):
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+        raise
+    with open(staged['config.json'], 'w', encoding='utf-8') as f:
         f.write(json.dumps(hf_config, indent=2) + '\n')
-except Exception as e:  # OSError, or safetensors' own error for a full disk
-    raise ScriptError(f"cannot write {export_dir}: {e}")
 print(f"wrote {config_path} and {weights_path} ({model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters, "
       f"vocab_size {config.vocab_size}, block_size {config.block_size})")
 print(f"load with transformers' GPT2LMHeadModel.from_pretrained({export_dir!r}), or here with --init_from={export_dir}")

@@ -8,7 +8,7 @@ import os
 
 from configurator import configure
 from nanogpt import ScriptError
-from nanogpt.files import metrics_path, read_metrics
+from nanogpt.files import atomic_write, metrics_path, read_metrics
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the training run's out_dir, with its metrics.jsonl
@@ -34,11 +34,16 @@ except (OSError, UnicodeDecodeError) as e:
 if not rows:
     raise ScriptError(f"{path} has no rows yet; plot once training has logged an iteration")
 
-# a row per logged iteration has 'loss', a row per evaluation has 'val_loss'; both have 'lr'
-iter_rows = [r for r in rows if 'loss' in r]
-eval_rows = [r for r in rows if 'val_loss' in r]
-lr_rows = sorted((r for r in rows if r.get('lr') is not None), key=lambda r: r['iter'])
-mfu_rows = [r for r in iter_rows if r.get('mfu') is not None]  # None until the loop settles, or no peak known
+# a row per logged iteration has 'loss', a row per evaluation has 'val_loss'; both have 'lr'. Rows
+# without numbers where these belong (a file edited by hand, or from another tool) are left out.
+def numbers(row, *keys):
+    return all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in keys)
+
+
+iter_rows = [r for r in rows if numbers(r, 'loss')]
+eval_rows = [r for r in rows if numbers(r, 'train_loss', 'val_loss')]
+lr_rows = sorted((r for r in rows if numbers(r, 'lr')), key=lambda r: r['iter'])
+mfu_rows = [r for r in iter_rows if numbers(r, 'mfu')]  # None until the loop settles, or no peak known
 
 fig, (ax_loss, ax_lr, ax_mfu) = plt.subplots(3, 1, sharex=True, figsize=(8, 8),
                                             gridspec_kw={'height_ratios': (3, 1, 1)})
@@ -66,7 +71,8 @@ ax_mfu.grid(alpha=0.3)
 
 fig.tight_layout()
 try:
-    fig.savefig(output)
-except (OSError, ValueError) as e:  # ValueError: an extension matplotlib cannot write
+    with atomic_write(output) as f:  # a full disk leaves the previous picture, not half of a new one
+        fig.savefig(f, format=os.path.splitext(output)[1][1:].lower() or None)
+except ValueError as e:  # an extension matplotlib cannot write
     raise ScriptError(f"cannot write {output}: {e}")
 print(output)

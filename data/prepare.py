@@ -33,8 +33,6 @@ if not input or not dataset:
     raise ScriptError("give the text and a name: python data/prepare.py --input=PATH --dataset=NAME")
 if tokenizer not in ('char', 'gpt2'):
     raise ScriptError(f"tokenizer={tokenizer!r}: use 'char' or 'gpt2'")
-if not isinstance(val_fraction, float) or not 0.0 < val_fraction < 1.0:
-    raise ScriptError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
 if not os.path.exists(input):
     raise ScriptError(f"{input} does not exist")
 
@@ -105,11 +103,6 @@ print(f"vocab size: {meta['vocab_size']:,}")
 print(f"train has {len(ids['train']):,} tokens")
 print(f"val has {len(ids['val']):,} tokens")
 
-# a split needs at least two tokens, one to read and one to predict (train.py wants more than block_size)
-if len(ids['train']) < 2 or len(ids['val']) < 2:
-    raise ScriptError(f"{input} is too small to split: train gets {len(ids['train'])} tokens and val "
-                     f"{len(ids['val'])} with val_fraction={val_fraction}, each needs at least 2; give more text")
-
 out_dir = dataset_dir(dataset)
-meta = write_dataset(out_dir, ids['train'], ids['val'], meta)
+meta = write_dataset(out_dir, ids['train'], ids['val'], meta, source=input)  # refuses a split of under 2 tokens
 print(f"wrote {out_dir}/train.bin, val.bin and meta.pkl ({meta['dtype']} tokens)")

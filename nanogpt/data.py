@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nanogpt import ScriptError
-from nanogpt.files import atomic_write
+from nanogpt.files import finish_swap, swap_in
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: data/ and the scripts
 SHAKESPEARE_TXT = os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')  # tiny Shakespeare, shipped
@@ -40,25 +40,64 @@ def prepare_hint(dataset):
     return f"prepare it with python data/prepare.py --input=YOUR_TEXT --dataset={dataset}"
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Loads dicts, lists, tuples, sets, strings, bytes, numbers, booleans and None, and nothing else:
+    any other object (and any function a pickle could call) has to be looked up by find_class, which
+    refuses, so a meta.pkl from someone else cannot run code."""
+
+    def find_class(self, module, name):
+        raise _NotPlainData(f"{module}.{name}")
+
+
+class _NotPlainData(pickle.UnpicklingError):
+    pass
+
+
+def short(value, limit=60):
+    """A value's repr, cut to limit characters: for values in messages that may be anything."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
 def load_meta(data_dir):
-    """meta.pkl as a dict; {} where there is none (upstream's BPE datasets have none)."""
+    """meta.pkl as a dict; {} where there is none (upstream's BPE datasets have none). Only plain
+    data loads (see _PlainDataUnpickler); upstream's meta.pkl files are plain data."""
     path = os.path.join(data_dir, 'meta.pkl')
+    finish_swap(data_dir)  # a preparation killed while swapping its files in: completed first
     if not os.path.exists(path):
         return {}
     try:
         with open(path, 'rb') as f:
-            meta = pickle.load(f)
+            meta = _PlainDataUnpickler(f).load()
+    except _NotPlainData as e:
+        raise ScriptError(f"{path} holds more than plain data (it refers to {e}); it is not loaded, since unpickling "
+                          f"it could run code. Prepare the dataset again (or load it yourself if you trust its source)")
     except Exception as e:
         raise ScriptError(f"cannot read {path} ({type(e).__name__}: {e}); prepare the dataset again")
-    if not isinstance(meta, dict):
-        raise ScriptError(f"{path} does not hold a dict; prepare the dataset again")
+    check_meta(meta, path)
     return meta
+
+
+def check_meta(meta, path):
+    """What the scripts read from a meta.pkl has the types they expect."""
+    if not isinstance(meta, dict):
+        raise ScriptError(f"{path} holds a {type(meta).__name__}, not a dict; prepare the dataset again")
+    vocab_size = meta.get('vocab_size', 1)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+        raise ScriptError(f"{path} says vocab_size={short(vocab_size)}, not a positive int; prepare the dataset again")
+    if 'stoi' in meta or 'itos' in meta:
+        stoi, itos = meta.get('stoi'), meta.get('itos')
+        if not (isinstance(stoi, dict) and isinstance(itos, dict)
+                and all(isinstance(k, str) and isinstance(v, int) for k, v in stoi.items())
+                and all(isinstance(k, int) and isinstance(v, str) for k, v in itos.items())):
+            raise ScriptError(f"{path} has stoi and itos that are not a character vocabulary (str -> int and "
+                              f"int -> str); prepare the dataset again")
 
 
 def token_dtype(meta):
     dtype = meta.get('dtype', 'uint16')
     if dtype not in ('uint16', 'uint32'):
-        raise ScriptError(f"meta.pkl names token dtype {dtype!r}; expected uint16 or uint32")
+        raise ScriptError(f"meta.pkl names token dtype {short(dtype)}; expected uint16 or uint32")
     return np.dtype(dtype)
 
 
@@ -234,6 +273,29 @@ def char_vocab(text):
     return {ch: i for i, ch in enumerate(chars)}, {i: ch for i, ch in enumerate(chars)}
 
 
+def is_gpt2_data(meta):
+    """Whether a dataset's tokens are GPT-2's BPE: its meta.pkl says so, or it has none (upstream's)."""
+    if not meta or meta.get('tokenizer') == 'gpt2':
+        return True
+    return 'stoi' not in meta and 'tokenizer' not in meta and meta.get('vocab_size') in (GPT2_VOCAB_SIZE,
+                                                                                           PADDED_GPT2_VOCAB_SIZE)
+
+
+def check_vocab(meta, model_vocab, where, hint):
+    """Stops, with hint, unless a model with model_vocab tokens reads the tokens of the data that
+    meta describes: the same vocab_size, or GPT-2's BPE on both sides (50257, or padded to 50304)."""
+    if is_gpt2_data(meta):
+        if model_vocab >= GPT2_VOCAB_SIZE:
+            return
+        data = "GPT-2's BPE"
+    elif meta['vocab_size'] == model_vocab:
+        return
+    else:
+        kind = 'characters' if 'stoi' in meta else 'tokens'
+        data = f"{meta['vocab_size']} {kind}"
+    raise ScriptError(f"the model's vocabulary ({model_vocab} tokens) is not that of {where} ({data}); {hint}")
+
+
 def load_tokenizer(meta, where='this dataset'):
     """(encode, decode_bytes) for a dataset's meta: text -> ids, ids -> UTF-8 bytes. Bytes, because
     a GPT-2 token can hold part of a character: decode them with an incremental UTF-8 decoder."""
@@ -248,8 +310,11 @@ def load_tokenizer(meta, where='this dataset'):
             return [stoi[ch] for ch in text]
 
         def decode_bytes(ids):
-            return ''.join(itos[i] for i in ids).encode('utf-8')
+            return ''.join(itos.get(i, '') for i in ids).encode('utf-8')  # ids past the characters: padding
         return encode, decode_bytes
+    if not is_gpt2_data(meta):
+        raise ScriptError(f"{where} has no tokenizer this toolkit knows: its meta.pkl has neither stoi and itos "
+                          f"(characters) nor tokenizer='gpt2'")
     enc = gpt2_encoding()
 
     def encode(text):
@@ -263,17 +328,25 @@ def load_tokenizer(meta, where='this dataset'):
 
 # ----------------------------------------------------------------------------- writing datasets
 
-def write_dataset(out_dir, train_ids, val_ids, meta):
-    """train.bin, val.bin and meta.pkl in out_dir, each written whole or not at all (atomic_write).
-    meta gains the token dtype."""
-    os.makedirs(out_dir, exist_ok=True)
+def write_dataset(out_dir, train_ids, val_ids, meta, source='the text'):
+    """train.bin, val.bin and meta.pkl in out_dir, swapped in together with files.swap_in, meta.pkl
+    last: whatever happens, readers find the old dataset whole or the new one whole. A kill while
+    the files are written leaves the old ones (and temporary .tmp files); a kill while they are
+    renamed leaves a journal that the next reader (load_meta) or writer completes; a full disk is
+    one error line, the old files kept. meta gains the token dtype. A split of fewer than 2 tokens
+    (nothing to predict) is refused before anything is written."""
+    if len(train_ids) < 2 or len(val_ids) < 2:
+        raise ScriptError(f"{source} is too small to split: train gets {len(train_ids)} tokens and val "
+                          f"{len(val_ids)}, each needs at least 2; give more text")
     dtype = np.uint32 if meta['vocab_size'] > 65535 else np.uint16
     meta = dict(meta, dtype=np.dtype(dtype).name)
-    for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
-        with atomic_write(os.path.join(out_dir, name)) as f:
-            np.asarray(ids, dtype=dtype).tofile(f)
-    with atomic_write(os.path.join(out_dir, 'meta.pkl')) as f:
-        pickle.dump(meta, f)
+    with swap_in(out_dir, ('train.bin', 'val.bin', 'meta.pkl')) as staged:
+        for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
+            with open(staged[name], 'wb') as f:
+                # through f.write, so that a full disk is an OSError that says so (tofile's says not)
+                f.write(memoryview(np.ascontiguousarray(ids, dtype=dtype)).cast('B'))
+        with open(staged['meta.pkl'], 'wb') as f:
+            pickle.dump(meta, f)
     return meta
 
 

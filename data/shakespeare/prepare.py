@@ -11,11 +11,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, SHAKESPEARE_TXT, gpt2_encoding, read_text, write_dataset  # noqa: E402
 
 here = os.path.dirname(os.path.abspath(__file__))
-text = read_text(sys.argv[1] if len(sys.argv) > 1 else SHAKESPEARE_TXT)
+source = sys.argv[1] if len(sys.argv) > 1 else SHAKESPEARE_TXT
+text = read_text(source)
 n = len(text)
 enc = gpt2_encoding()
 train_ids = enc.encode_ordinary(text[:int(n * 0.9)])  # the first 90% to train on, the rest to validate
 val_ids = enc.encode_ordinary(text[int(n * 0.9):])
 print(f"train has {len(train_ids):,} tokens")
 print(f"val has {len(val_ids):,} tokens")
-write_dataset(here, train_ids, val_ids, {'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2'})
+write_dataset(here, train_ids, val_ids, {'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2'}, source=source)

@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from nanogpt.data import SHAKESPEARE_TXT, char_vocab, read_text, write_dataset  # noqa: E402
 
 here = os.path.dirname(os.path.abspath(__file__))
-text = read_text(sys.argv[1] if len(sys.argv) > 1 else SHAKESPEARE_TXT)
+source = sys.argv[1] if len(sys.argv) > 1 else SHAKESPEARE_TXT
+text = read_text(source)
 print(f"length of dataset in characters: {len(text):,}")
 
 stoi, itos = char_vocab(text)
@@ -22,4 +23,5 @@ train_ids = [stoi[c] for c in text[:int(n * 0.9)]]  # the first 90% to train on,
 val_ids = [stoi[c] for c in text[int(n * 0.9):]]
 print(f"train has {len(train_ids):,} tokens")
 print(f"val has {len(val_ids):,} tokens")
-write_dataset(here, train_ids, val_ids, {'vocab_size': len(stoi), 'itos': itos, 'stoi': stoi, 'tokenizer': 'char'})
+write_dataset(here, train_ids, val_ids, {'vocab_size': len(stoi), 'itos': itos, 'stoi': stoi, 'tokenizer': 'char'},
+              source=source)

@@ -16,7 +16,8 @@ from nanogpt import ScriptError
 from nanogpt.checkpoint import init_model
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                            keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend, synchronize)
+                            keep_freed_host_memory, memory_error, mfu, pick_device, pick_dtype, select_sdpa_backend,
+                            synchronize)
 from nanogpt.training import train_step
 
 # -----------------------------------------------------------------------------
@@ -75,6 +76,8 @@ else:
         return fixed
 
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, vocab_size=vocab_size)
+if error := memory_error(device, model_args, batch_size, block_size, dtype):  # before anything is allocated
+    raise ScriptError(error)
 model, _ = init_model('scratch', '', dropout, model_args)
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type)

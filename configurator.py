@@ -12,12 +12,14 @@ which applies, in the order given on the command line, config files (Python that
 
 Every mistake is one line and a non-zero exit: an unknown key (with the closest known ones), a value
 of the wrong type (an int is fine for a float; None only where the default is None), a key declared
-positive_ints that is not a positive int, a missing config file, a config file that raises. --help
-lists every key with its default.
+positive_ints that is not a positive int, a value outside its key's RULES (a learning rate that is
+not above 0, a beta of 1, a seed numpy cannot take, ...), a missing config file, a config file that
+raises. --help lists every key with its default.
 """
 
 import ast
 import difflib
+import math
 import os
 import re
 import sys
@@ -26,6 +28,29 @@ import types
 from nanogpt import ScriptError
 
 CONFIG_TYPES = (bool, int, float, str, type(None))
+
+# The values a key may take, for the keys that scripts share, checked wherever a script has the key:
+# key -> (test, what the value must be). NaN fails every test.
+RULES = {
+    'learning_rate': (lambda v: 0 < v < math.inf, 'a finite number above 0'),
+    'min_lr': (lambda v: 0 <= v < math.inf, 'a finite number, 0 or more'),
+    'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'beta2': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (lambda v: 0 <= v < math.inf, 'a finite number, 0 or more'),
+    'grad_clip': (lambda v: 0 <= v < math.inf, 'a finite number, 0 or more (0 turns clipping off)'),
+    'warmup_iters': (lambda v: v >= 0, '0 or more'),
+    'lr_decay_iters': (lambda v: v >= 0, '0 or more'),
+    'dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'seed': (lambda v: 0 <= v < 2**64, 'an integer from 0 to 2**64 - 1 (what numpy and torch take)'),
+    'peak_flops': (lambda v: 0 <= v < math.inf, '0 (look the GPU up) or the peak FLOP/s'),
+    'burnin': (lambda v: v >= 0, '0 or more'),
+    'hellaswag_interval': (lambda v: v >= 0, '0 (never) or more'),
+    'temperature': (lambda v: 0 <= v <= 100, 'from 0 (greedy) to 100 (beyond, every token is about as likely)'),
+    'top_k': (lambda v: v > 0, 'a positive integer (at least the vocabulary size keeps every token)'),
+    'top_p': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+    'max_new_tokens': (lambda v: 0 <= v <= 1_000_000, 'from 0 to 1,000,000'),
+    'val_fraction': (lambda v: 0 < v < 1, 'between 0 and 1 (exclusive)'),
+}
 TRUE_WORDS, FALSE_WORDS = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 
 
@@ -168,5 +193,8 @@ def configure(g, argv=None, verbose=True, positive_ints=()):
     for key in positive_ints:
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] <= 0:
             raise ScriptError(f"{key} must be a positive integer, got {config[key]!r}")
+    for key, (test, requirement) in RULES.items():
+        if key in config and config[key] is not None and not test(config[key]):
+            raise ScriptError(f"{key} must be {requirement}, got {config[key]!r}")
     g.update(config)
     return config

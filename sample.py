@@ -14,7 +14,7 @@ import torch
 from configurator import configure
 from nanogpt import ScriptError
 from nanogpt.checkpoint import init_model
-from nanogpt.data import GPT2_VOCAB_SIZE, dataset_dir, load_meta, load_tokenizer
+from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab, dataset_dir, load_meta, load_tokenizer
 from nanogpt.device import autocast, compile_model, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
@@ -32,28 +32,27 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = False  # torch.compile the model (slow to start, faster for long generations)
 # -----------------------------------------------------------------------------
-configure(globals(), positive_ints=('num_samples',))
-if max_new_tokens < 0:
-    raise ScriptError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-if temperature < 0:
-    raise ScriptError(f"temperature must be 0 (greedy) or more, got {temperature}")
-if not 0.0 < top_p <= 1.0:
-    raise ScriptError(f"top_p must be in (0, 1], got {top_p}")
+configure(globals(), positive_ints=('num_samples',))  # also checks temperature, top_k, top_p, max_new_tokens, seed
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 torch.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 
-# model, and the tokenizer it was trained with: its dataset's meta.pkl, else GPT-2's BPE
+# model, and the tokenizer it was trained with: its dataset's meta.pkl, else GPT-2's BPE; they must agree
 model, checkpoint = init_model(init_from, out_dir, dropout=0.0)
-meta, where = {}, 'GPT-2'
-train_dataset = checkpoint.get('config', {}).get('dataset') if checkpoint is not None else None
+meta, where = {}, f"GPT-2's tokenizer, the one sample.py has for init_from={init_from}"
+train_config = checkpoint.get('config') if checkpoint is not None else None
+train_dataset = train_config.get('dataset') if isinstance(train_config, dict) else None
+train_dataset = train_dataset if isinstance(train_dataset, str) and train_dataset else None
 if train_dataset:
     meta, where = load_meta(dataset_dir(train_dataset)), f"dataset {train_dataset}"
-if not meta and model.config.vocab_size < GPT2_VOCAB_SIZE:
-    raise ScriptError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's and "
-                      f"{os.path.join(dataset_dir(train_dataset or '?'), 'meta.pkl')} is missing; prepare that dataset again")
+    if not meta and model.config.vocab_size < GPT2_VOCAB_SIZE:
+        raise ScriptError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's and "
+                          f"{os.path.join(dataset_dir(train_dataset), 'meta.pkl')} is missing; prepare that dataset "
+                          f"again")
+check_vocab(meta, model.config.vocab_size, where, "the model was trained on other tokens than these (was the dataset "
+            "prepared again since?)" if train_dataset else "sample from its checkpoint instead (--out_dir)")
 checkpoint = None
 model.eval()
 model.to(device)

@@ -26,11 +26,12 @@ import torch
 
 from configurator import configure
 from nanogpt import ScriptError, distributed, hellaswag
-from nanogpt.checkpoint import clean_state_dict, init_model, save_checkpoint
+from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, init_model, planned_model, save_checkpoint,
+                                shape_warning)
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                            keep_freed_host_memory, mfu, pick_device, pick_dtype, select_sdpa_backend)
-from nanogpt.files import append_metrics, ckpt_path, metrics_path, trim_metrics
+                            keep_freed_host_memory, memory_error, mfu, pick_device, pick_dtype, select_sdpa_backend)
+from nanogpt.files import append_metrics, ckpt_path, claim_out_dir, metrics_path, trim_metrics
 from nanogpt.training import divergence, train_step
 
 # -----------------------------------------------------------------------------
@@ -94,10 +95,9 @@ if max_iters < 0 or (max_iters == 0 and not eval_only):
     raise ScriptError(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
 if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it fails before torchrun's process group
     raise ScriptError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
-if hellaswag_interval < 0:
-    raise ScriptError(f"hellaswag_interval must be 0 (never) or more, got {hellaswag_interval}")
-if not 0.0 <= dropout < 1.0:
-    raise ScriptError(f"dropout must be in [0, 1), got {dropout}")
+if decay_lr and min_lr > learning_rate:
+    raise ScriptError(f"min_lr={min_lr} is above learning_rate={learning_rate}: the decay would raise the learning "
+                      f"rate")
 if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
     raise ScriptError(f"unknown compile_mode {compile_mode!r}; use default, reduce-overhead or max-autotune")
 world_size = int(os.environ.get('WORLD_SIZE', 1))
@@ -132,27 +132,40 @@ ctx = autocast(device, dtype)
 data_dir = dataset_dir(dataset)
 meta = load_meta(data_dir)
 
-# model: from scratch, from out_dir's checkpoint (its shape), or GPT-2's weights; dropout as configured
+# the model's shape, known before it is built (out_dir's checkpoint for a resume, GPT-2's for gpt2*),
+# checked against the data and the device's memory before anything is allocated or written
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=meta.get('vocab_size', PADDED_GPT2_VOCAB_SIZE))
-model, checkpoint = init_model(init_from, out_dir, dropout, model_args)
+planned, checkpoint = planned_model(init_from, out_dir, model_args)
+if planned is not None and init_from != 'scratch':
+    check_start(planned, checkpoint, block_size, meta, dataset)
+vocab_size = (planned or model_args)['vocab_size']
+train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
+val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
+if planned is not None and (error := memory_error(device, planned, batch_size, block_size, dtype, train=not eval_only,
+                                                  shards=world_size if fsdp else 1)):
+    raise ScriptError(error)
+if hellaswag_interval:  # read and tokenised once; scored by the uncompiled model, whatever shapes it meets
+    hellaswag_examples = hellaswag.examples_for_model(hellaswag_path, vocab_size, block_size)
+
+# out_dir: a new run never replaces one that is there, and one run at a time writes into it (rank 0
+# holds its lock; the other ranks stop with it if it is refused)
+out_dir_lock = distributed.on_master(master_process, device, claim_out_dir, out_dir,
+                                     new_run=init_from != 'resume' and not eval_only)  # evaluating appends only
+
+# model: from scratch, from out_dir's checkpoint (its shape), or GPT-2's weights; dropout as configured
+model, checkpoint = init_model(init_from, out_dir, dropout, model_args, checkpoint)
 iter_num, best_val_loss, last_eval_iter = 0, 1e9, None
 if checkpoint is not None:
+    if master_process and (warning := shape_warning(config, planned)):
+        print(warning, file=sys.stderr)
     iter_num = int(checkpoint['iter_num'])
     best_val_loss = float(checkpoint['best_val_loss'])
     last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
-if block_size > model.config.block_size:
-    source = 'checkpoint' if checkpoint is not None else init_from
-    raise ScriptError(f"block_size={block_size} is larger than the {source}'s {model.config.block_size}; "
-                      f"use block_size <= {model.config.block_size}")
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 down to a smaller context
 model_args = {k: getattr(model.config, k) for k in (*model_args, 'dropout')}  # what the checkpoint records
-vocab_size = model.config.vocab_size
-train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
-val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
-if hellaswag_interval:  # read and tokenised once; scored by the uncompiled model, whatever shapes it meets
-    hellaswag_examples = hellaswag.examples_for_model(hellaswag_path, vocab_size, block_size)
+config.update({k: model_args[k] for k in SHAPE_KEYS})  # the config saved says the shape the run has
 raw_model = model  # the plain GPT: its state_dict has clean names
 model.to(device)
 flops_per_token = raw_model.flops_per_token(block_size)
@@ -248,17 +261,16 @@ def write_checkpoint(resume_at, evaluated_at):
         model_sd, optim_sd = distributed.full_state(model, optimizer)
     else:
         model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
-    if master_process:
-        save_checkpoint(ckpt_file, {
-            'model': model_sd,
-            'optimizer': optim_sd,
-            'scaler': scaler.state_dict() if scaler.is_enabled() else None,
-            'model_args': model_args,
-            'iter_num': resume_at,
-            'best_val_loss': best_val_loss,
-            'last_eval_iter': evaluated_at,
-            'config': config,
-        })
+    distributed.on_master(master_process, device, save_checkpoint, ckpt_file, {  # a full disk stops every rank
+        'model': model_sd,
+        'optimizer': optim_sd,
+        'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+        'model_args': model_args,
+        'iter_num': resume_at,
+        'best_val_loss': best_val_loss,
+        'last_eval_iter': evaluated_at,
+        'config': config,
+    })
     return time.time() - t0
 
 
@@ -283,8 +295,7 @@ signal.signal(signal.SIGTERM, request_stop)
 # metrics.jsonl and wandb: one row per log point; a resumed run's rows replace those of iterations it repeats
 metrics_file = metrics_path(out_dir)
 skip_eval_at = last_eval_iter if (last_eval_iter == iter_num and not eval_only) else None
-if master_process:
-    os.makedirs(out_dir, exist_ok=True)
+if master_process and not eval_only:  # an evaluation of a checkpoint keeps the rows of the iterations after it
     if init_from == 'resume':
         trim_metrics(metrics_file, iter_num, keep_eval_at_resume=skip_eval_at is not None)
     else:

@@ -94,6 +94,14 @@ def run(name, cmd, cwd):
     return proc.stdout + proc.stderr, seconds
 
 
+def fresh_out_dir(out):
+    """Each run of this comparison starts anew: train.py refuses a new run in an out_dir that holds
+    one, and the whole-split loss must not read an earlier run's checkpoint. Only this script's own
+    run folders are removed (upstream's out-compare, inside its checkout, and ours under log_dir)."""
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+
+
 def compiled(name, text):
     """The run's name, marked where torch.compile failed and the run went on uncompiled."""
     return name + (' (UNCOMPILED: torch.compile failed)' if 'running uncompiled' in text else '')
@@ -146,15 +154,14 @@ def cpu_comparison():
         runs['upstream nanoGPT'] = ([sys.executable, 'train.py', *UPSTREAM_CPU_ARGS, '--out_dir=out-compare',
                                      '--always_save_checkpoint=True', *iters], upstream, os.path.join(upstream, 'out-compare'))
     for dtype in cpu_dtypes.split(','):
-        out = os.path.join(log_dir, f'out-cpu-{dtype}')
+        out = os.path.abspath(os.path.join(log_dir, f'out-cpu-{dtype}'))  # train.py runs in ROOT
         runs[f'this toolkit, {dtype}'] = ([sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py',
                                            f'--dtype={dtype}', f'--out_dir={out}', '--always_save_checkpoint=True',
                                            *iters], ROOT, out)
     results = {name: [] for name in runs}
     for r in range(rounds):  # interleaved, so slow spells of a shared machine hit every run alike
         for name, (cmd, cwd, out) in runs.items():
-            if os.path.exists(os.path.join(out, 'ckpt.pt')):
-                os.remove(os.path.join(out, 'ckpt.pt'))  # not to read an earlier run's
+            fresh_out_dir(out)
             result = train_summary(*run(f"cpu-{name.replace(' ', '_').replace(',', '')}-{r}", cmd, cwd))
             result['whole_val'] = whole_split_val_loss(os.path.join(out, 'ckpt.pt'))
             results[name].append(result)
@@ -216,14 +223,17 @@ def gpu_comparison():
           ['run', 'ms/iter', 'tokens/s', 'MFU', 'tokens/s vs upstream'], rows)
 
     iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}'] if max_iters else []
-    runs = {f'this toolkit, compile_mode={mode}': ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
-                                                    f'--compile_mode={mode}', f'--out_dir={log_dir}/out-e2e-{mode}', *iters], ROOT)
-            for mode in e2e_compile_modes.split(',')}
+    runs = {}
     if upstream:
-        runs = {'upstream nanoGPT': ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
-                                     '--out_dir=out-compare', *iters], upstream), **runs}
+        runs['upstream nanoGPT'] = ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
+                                     '--out_dir=out-compare', *iters], upstream, os.path.join(upstream, 'out-compare'))
+    for mode in e2e_compile_modes.split(','):
+        out = os.path.abspath(os.path.join(log_dir, f'out-e2e-{mode}'))
+        runs[f'this toolkit, compile_mode={mode}'] = ([sys.executable, 'train.py', 'config/train_shakespeare_char.py',
+                                                       f'--compile_mode={mode}', f'--out_dir={out}', *iters], ROOT, out)
     results = {}
-    for name, (cmd, cwd) in runs.items():
+    for name, (cmd, cwd, out) in runs.items():
+        fresh_out_dir(out)
         text, seconds = run(f"e2e-{name.split(',')[-1].strip().replace('=', '-').replace(' ', '_')}", cmd, cwd)
         label = compiled(name, text)
         results[label] = r = train_summary(text, seconds)

@@ -4,6 +4,7 @@ autocast, synchronisation, torch.compile with a fallback, and the GPU peak-FLOPs
 """
 
 import ctypes
+import os
 import re
 import sys
 from contextlib import nullcontext
@@ -282,3 +283,50 @@ def compile_model(model, device, mode=None):
         print(f"warning: torch.compile is not available here ({type(e).__name__}: {message[:200]}); running uncompiled",
               file=sys.stderr)
         return model
+
+
+# ----------------------------------------------------------------------------- memory, before allocating
+
+def device_memory(device):
+    """Bytes of memory the device has (a GPU's own, the machine's for cpu), or None where unknown."""
+    kind = device.split(':')[0]
+    try:
+        if kind == 'cuda':
+            return torch.cuda.get_device_properties(device).total_memory
+        if kind == 'mps':
+            return torch.mps.recommended_max_memory()
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def training_memory(model_args, batch_size, block_size, dtype, train=True, shards=1):
+    """A lower bound of the bytes a training step needs, from the model's shape alone: the float32
+    weights (with train, also their gradients and AdamW's two moments: 16 bytes per parameter,
+    divided among the shards of FSDP), the activations that backward keeps (at least 16 numbers per
+    layer, position and channel: the block's inputs, q, k, v, the attention output, the MLP's
+    4x-wide hidden layer before and after GELU) and the float32 logits. Returns (total, parameters)."""
+    L, C, V = model_args['n_layer'], model_args['n_embd'], model_args['vocab_size']
+    params = 12 * L * C * C + V * C + model_args['block_size'] * C  # the matmuls and the embeddings
+    width = 4 if dtype == 'float32' else 2
+    weights = params * (16 if train else 4) // shards
+    activations = (16 * L * C * width if train else 0) * batch_size * block_size
+    logits = 4 * batch_size * block_size * V * (2 if train else 1)
+    return weights + activations + logits, params
+
+
+def memory_error(device, model_args, batch_size, block_size, dtype, train=True, shards=1):
+    """Why this model and batch cannot fit in the device's memory, or None (also where the device's
+    memory or the model's shape is not known): checked before anything is allocated, so that a shape
+    such as n_layer=10000 is one line rather than an allocation that fails, or swaps, for minutes."""
+    if not all(isinstance(model_args.get(k), int) for k in ('n_layer', 'n_embd', 'vocab_size', 'block_size')):
+        return None
+    available = device_memory(device)
+    need, params = training_memory(model_args, batch_size, block_size, dtype, train, shards)
+    if available is None or need <= available:
+        return None
+    what = 'weights, gradients and AdamW state, activations' if train else 'weights and logits'
+    return (f"this model and batch need at least {need / 2**30:,.1f} GiB ({params / 1e6:,.0f}M parameters: {what} for "
+            f"batch_size={batch_size} x block_size={block_size}), more than the {available / 2**30:,.1f} GiB "
+            f"{'of this machine' if device == 'cpu' else 'of ' + device}; use a smaller model (n_layer, n_embd), "
+            f"batch_size or block_size")

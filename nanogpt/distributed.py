@@ -46,6 +46,27 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def on_master(master, device, fn, *args, **kwargs):
+    """fn(*args, **kwargs) on the master process alone (rank 0, which writes the run's files); its
+    result there, None on the other ranks. A ScriptError it raises (an out_dir in use, a full disk)
+    stops every rank together: the master says it, the others leave quietly with the same exit code,
+    where they would otherwise wait for the master forever or fail with a traceback of their own."""
+    error = result = None
+    if master:
+        try:
+            result = fn(*args, **kwargs)
+        except ScriptError as e:
+            error = e
+    if is_distributed():
+        failed = torch.tensor([float(error is not None)], device=device)
+        dist.all_reduce(failed)
+        if failed.item() and error is None:
+            raise SystemExit(1)
+    if error is not None:
+        raise error
+    return result
+
+
 def shard(model):
     """FSDP2: each transformer block its own unit, then the rest (embeddings, ln_f, the tied lm_head)."""
     try:

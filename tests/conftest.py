@@ -1,12 +1,14 @@
 """Shared fixtures: a throwaway copy of the project to run the real scripts in, the tiny Shakespeare
 text the project ships, the GPT-2 BPE file from ../shared/data, and a tiny model configuration."""
 
+import json
 import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,23 @@ def run_script(project, *args, env=None, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_cases(cases, timeout=600):
+    """Runs the real scripts for many cases at the cost of one torch import: tests/case_runner.py
+    forks a process per case that runs `python script args...` as the interpreter would. cases are
+    dicts with cwd, argv ([script, args...]) and optionally env (default script_env()) and rlimits
+    ({'RLIMIT_AS': bytes, ...}); returns a dict {rc, stdout, stderr} per case, in order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cases_file, results_file = os.path.join(tmp, 'cases.json'), os.path.join(tmp, 'results.json')
+        with open(cases_file, 'w', encoding='utf-8') as f:
+            json.dump([dict(c, cwd=str(c['cwd']), argv=[str(a) for a in c['argv']], env=c.get('env') or script_env())
+                       for c in cases], f)
+        proc = subprocess.run([sys.executable, str(REPO / 'tests' / 'case_runner.py'), cases_file, results_file],
+                              env=script_env(), timeout=timeout, capture_output=True, text=True)
+        assert proc.returncode == 0, f"case_runner.py failed:\n{proc.stderr[-3000:]}"
+        with open(results_file, encoding='utf-8') as f:
+            return json.load(f)
 
 
 def iter_lines(stdout):

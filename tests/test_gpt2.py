@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from conftest import REPO, TINY, run_script
 from model import GPT, GPTConfig
 from nanogpt.checkpoint import save_checkpoint
+from nanogpt.data import write_dataset
 
 safetensors_torch = pytest.importorskip('safetensors.torch')
 
@@ -206,10 +207,13 @@ def test_crop_block_size_after_loading(tiny_hf):
 def test_finetune_and_sample_from_a_hf_directory(project, tmp_path, tiny_hf, gpt2_bpe):
     folder, _ = tiny_hf
     out = tmp_path / 'out'
+    # GPT-2 reads GPT-2's tokens (train.py refuses a character dataset for it): ids of GPT-2's vocabulary
+    write_dataset(tmp_path / 'bpe', list(range(1000, 1200)) * 3, list(range(3000, 3100)) * 2,
+                  {'vocab_size': 50304, 'tokenizer': 'gpt2'})
     shape_args = ('--n_layer=', '--n_head=', '--n_embd=', '--block_size=')
     args = [a for a in TINY if not a.startswith(shape_args)]
     proc = run_script(project, 'train.py', *args, f'--init_from={folder}', '--block_size=32',
-                      '--dataset=shakespeare_char', f'--out_dir={out}', '--max_iters=3', '--eval_interval=3',
+                      f'--dataset={tmp_path}/bpe', f'--out_dir={out}', '--max_iters=3', '--eval_interval=3',
                       '--gradient_accumulation_steps=1')
     assert f'loading GPT-2 weights from {folder}' in proc.stdout
     assert [l.split(':')[0] for l in proc.stdout.splitlines() if l.startswith('iter ')] == ['iter 0', 'iter 1', 'iter 2']
@@ -286,7 +290,7 @@ def test_export_then_reload_gives_the_same_logits(tmp_path, monkeypatch, capsys,
 def test_export_errors(tmp_path, monkeypatch):
     e = run_in_process(monkeypatch, 'export_hf.py', f'--out_dir={tmp_path / "nothing"}')
     assert e.code == f"error: no checkpoint at {tmp_path / 'nothing' / 'ckpt.pt'}; train one first, " \
-                     f"or start with init_from='scratch'"
+                     f"or point --out_dir at the folder that holds one"  # export_hf.py has no init_from
     assert not (tmp_path / 'nothing').exists()  # nothing written
     e = run_in_process(monkeypatch, 'export_hf.py', '--out_dri=out')
     assert e.code.startswith("error: unknown config key 'out_dri' on the command line; did you mean out_dir")

@@ -9,7 +9,8 @@ run and the output is flushed. Only the module teardown that follows in a real i
 with torch loaded) is skipped. A case may also be given resource limits.
 
 $ python case_runner.py cases.json results.json
-cases.json: a list of {"cwd", "argv": [script, args...], "env", "rlimits": {"RLIMIT_AS": bytes, ...}}
+cases.json: a list of {"cwd", "argv": [script, args...], "env", "rlimits": {"RLIMIT_AS": bytes, ...}, "timeout"}
+(a case still running after timeout seconds, default 120, is killed: exit code -9)
 results.json: a list of {"rc", "stdout", "stderr"}, in the same order.
 """
 
@@ -19,8 +20,10 @@ import os
 import resource
 import runpy
 import shutil
+import signal
 import sys
 import tempfile
+import time
 import traceback
 
 import numpy  # noqa: F401  (imported by every script)
@@ -33,7 +36,14 @@ def run_case(case, folder):
     sys.stderr.flush()
     pid = os.fork()
     if pid:
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + case.get('timeout', 120)
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:  # a case that should have failed at once is training instead
+                os.kill(pid, signal.SIGKILL)
+                done = os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)
+        status = done[1]
         with open(out, encoding='utf-8', errors='replace') as f_out, open(err, encoding='utf-8', errors='replace') as f_err:
             return {'rc': os.waitstatus_to_exitcode(status), 'stdout': f_out.read(), 'stderr': f_err.read()}
     try:  # the case's own process, which must never return into the loop over the cases

@@ -1,11 +1,9 @@
-import pickle
-
 import numpy as np
 import pytest
 import torch
 
 from conftest import run_script
-from nanogpt.data import char_vocab, get_batch, load_tokenizer, open_split, write_dataset
+from nanogpt.data import char_vocab, get_batch, load_meta, load_tokenizer, open_split, write_dataset
 
 
 def test_batches_are_windows_shifted_by_one():
@@ -39,8 +37,7 @@ def test_write_dataset_picks_the_token_dtype(tmp_path):
     assert meta['dtype'] == 'uint16' and (tmp_path / 'a' / 'train.bin').stat().st_size == 6
     meta = write_dataset(tmp_path / 'b', [70000, 2, 3], [4, 5], {'vocab_size': 70001})
     assert meta['dtype'] == 'uint32' and (tmp_path / 'b' / 'train.bin').stat().st_size == 12
-    with open(tmp_path / 'b' / 'meta.pkl', 'rb') as f:
-        assert pickle.load(f)['dtype'] == 'uint32'
+    assert load_meta(str(tmp_path / 'b'))['dtype'] == 'uint32'
     data = open_split(str(tmp_path / 'b'), 'train', meta, 2, 70001)
     assert data.dtype == np.uint32 and int(data[0]) == 70000
 
@@ -65,8 +62,7 @@ def test_char_tokenizer_round_trip_and_unknown_characters():
 
 def test_shakespeare_char_prepare_counts(project):
     folder = project / 'data' / 'shakespeare_char'
-    with open(folder / 'meta.pkl', 'rb') as f:
-        meta = pickle.load(f)
+    meta = load_meta(str(folder))
     assert meta['vocab_size'] == 65 and len(meta['itos']) == 65 and meta['dtype'] == 'uint16'
     assert (folder / 'train.bin').stat().st_size == 2 * 1_003_854
     assert (folder / 'val.bin').stat().st_size == 2 * 111_540
@@ -79,8 +75,7 @@ def test_prepare_takes_another_text_and_leaves_the_shipped_one(tmp_path):
     other = tmp_path / 'other.txt'
     other.write_text('abcdefghij' * 100, encoding='utf-8')
     run_script(tmp_path, 'data/shakespeare_char/prepare.py', other)
-    with open(folder / 'meta.pkl', 'rb') as f:
-        assert pickle.load(f)['vocab_size'] == 10
+    assert load_meta(str(folder))['vocab_size'] == 10
     assert (folder / 'train.bin').stat().st_size == 2 * 900 and (folder / 'val.bin').stat().st_size == 2 * 100
     assert (folder / 'input.txt').read_bytes() == SHAKESPEARE_TXT.read_bytes()  # not replaced by the other text
 

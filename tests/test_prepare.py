@@ -1,7 +1,6 @@
 """The prepare scripts, run for real in a copy of the project: data/shakespeare (GPT-2 BPE), data/prepare.py
 (any text, char or gpt2, uint16 or uint32 tokens) and data/openwebtext's missing-package error."""
 
-import pickle
 import random
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, copy_project, run_script, script_env
+from nanogpt.data import load_meta
 
 TRAIN_ARGS = [*TINY, '--max_iters=5', '--eval_interval=5', '--gradient_accumulation_steps=1']
 
@@ -22,8 +22,7 @@ def proj(tmp_path_factory):
 
 
 def read_meta(folder):
-    with open(folder / 'meta.pkl', 'rb') as f:
-        return pickle.load(f)
+    return load_meta(str(folder))  # as the scripts read it: plain data only
 
 
 def tokens(folder, split, meta):

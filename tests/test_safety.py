@@ -344,8 +344,8 @@ def test_payloads_in_meta_pkl_and_checkpoints_do_not_run(project, bad):
     name through train.py, bench.py, sample.py and export_hf.py, and the folder never appears. An
     upstream meta.pkl (plain pickle.dump of vocab_size, itos, stoi) still loads."""
     cases = [
-        (['train.py', '--dataset={base}/evil', '--device=cpu', '--out_dir={base}/fresh_out'], "{base}/evil/meta.pkl"),
-        (['bench.py', '--dataset={base}/evil', '--device=cpu'], "{base}/evil/meta.pkl"),
+        ([*TRAIN, '--dataset={base}/evil', '--out_dir={base}/fresh_out'], "{base}/evil/meta.pkl"),
+        ([*BENCH, '--dataset={base}/evil'], "{base}/evil/meta.pkl"),
         (['sample.py', '--out_dir={base}/ckpt_evilmeta', '--device=cpu'], "{base}/evil/meta.pkl"),
         ([*TRAIN, '--init_from=resume', '--out_dir={base}/ckpt_payload'], "{base}/ckpt_payload/ckpt.pt"),
         (['sample.py', '--out_dir={base}/ckpt_payload', '--device=cpu'], "{base}/ckpt_payload/ckpt.pt"),
@@ -409,6 +409,38 @@ def test_two_ranks_stop_together_when_the_out_dir_is_refused(project, bad):
     children = proc.stderr.split('ChildFailedError')[0]
     assert 'Traceback (most recent call last):\n  File "' + str(project) not in children
     assert 'gloo' not in proc.stderr.lower() and 'connection' not in proc.stderr.lower(), proc.stderr
+
+
+ON_MASTER = '''
+import os, sys
+sys.path.insert(0, {repo!r})
+import torch.distributed as dist
+from nanogpt import ScriptError, distributed
+dist.init_process_group('gloo')
+def claim():
+    raise ScriptError('out_dir refused')
+distributed.on_master(int(os.environ['RANK']) == 0, 'cpu', claim)
+print('went on', flush=True)
+'''
+
+
+def test_a_refusal_on_the_master_stops_every_rank(tmp_path):
+    """distributed.on_master with two real gloo processes: what rank 0 alone refuses ends rank 1 too,
+    quietly, instead of letting it go on (to wait for rank 0 forever, or fail with a traceback)."""
+    import socket
+    from conftest import REPO
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, '-c', ON_MASTER.format(repo=str(REPO))], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=script_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+                                             MASTER_PORT=str(port)))
+             for r in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1]
+    assert [out for out, _ in outputs] == ['', '']  # neither went on
+    assert [err.strip() for _, err in outputs] == ['error: out_dir refused', '']  # said once, by rank 0
 
 
 # ----------------------------------------------------------------------------- a full disk

@@ -547,3 +547,16 @@ def test_a_journal_cannot_move_files_outside_its_folder(tmp_path):
     with pytest.raises(SystemExit, match=r"holds an interrupted swap of its files .* cannot be completed here"):
         load_meta(str(folder))
     assert (tmp_path / 'victim.txt').read_text() == 'keep me'
+
+
+def test_a_resume_keeps_the_checkpoint_shape_says_so_and_records_it(project, bad, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copytree(bad / 'out', out)
+    proc = run_script(project, *TRAIN, f'--out_dir={out}', '--init_from=resume', '--n_layer=3', '--bias=True',
+                      '--max_iters=12', '--eval_interval=2', '--always_save_checkpoint=True')
+    assert proc.stderr.strip() == ("warning: the resumed model keeps the checkpoint's shape (n_layer=2, n_head=2, "
+                                   "n_embd=32, bias=False), not n_layer=3, bias=True as configured")
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] == 12 and ckpt['model_args']['n_layer'] == 2
+    assert {k: ckpt['config'][k] for k in ('n_layer', 'n_head', 'n_embd', 'bias')} == \
+           {k: ckpt['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'bias')}  # the shape the run has

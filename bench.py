@@ -28,6 +28,12 @@ n_head = 12
 n_embd = 768
 bias = False
 dropout = 0.0
+rope = False  # the modern recipe's model keys, as in train.py (README: Faster recipes)
+qk_norm = False
+mlp_activation = 'gelu'
+tie_weights = True
+logit_softcap = 0.0
+optimizer = 'adamw'  # 'adamw' or 'muon', as in train.py
 real_data = True  # batches from data/<dataset>/train.bin; False: one fixed random batch
 dataset = 'openwebtext'
 gradient_accumulation_steps = 1
@@ -75,12 +81,15 @@ else:
     def batch(it, micro_step):
         return fixed
 
-model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, vocab_size=vocab_size)
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, vocab_size=vocab_size,
+                  rope=rope, qk_norm=qk_norm, mlp_activation=mlp_activation, tie_weights=tie_weights,
+                  logit_softcap=logit_softcap)
 if error := memory_error(device, model_args, batch_size, block_size, dtype):  # before anything is allocated
     raise ScriptError(error)
 model, _ = init_model('scratch', '', dropout, model_args)
 model.to(device)
-optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type)
+optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type,
+                                       optimizer=optimizer)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 flops_per_token = model.flops_per_token(block_size)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size

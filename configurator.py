@@ -50,6 +50,15 @@ RULES = {
     'top_p': (lambda v: 0 < v <= 1, 'in (0, 1]'),
     'max_new_tokens': (lambda v: 0 <= v <= 1_000_000, 'from 0 to 1,000,000'),
     'val_fraction': (lambda v: 0 < v < 1, 'between 0 and 1 (exclusive)'),
+    'cooldown_iters': (lambda v: v >= 0, '0 (the cosine) or more'),
+    'logit_softcap': (lambda v: 0 <= v < math.inf, '0 (off) or a finite number above 0'),
+    'muon_learning_rate': (lambda v: 0 < v < math.inf, 'a finite number above 0'),
+    'muon_momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'optimizer': (lambda v: v in ('adamw', 'muon'), "'adamw' or 'muon'"),
+    'mlp_activation': (lambda v: v in ('gelu', 'relu2'), "'gelu' or 'relu2'"),
+    'compile_mode': (lambda v: v in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'),
+                     "'default', 'reduce-overhead', 'max-autotune' or 'max-autotune-no-cudagraphs'"),
+    'split': (lambda v: v in ('train', 'val'), "'train' or 'val'"),
 }
 TRUE_WORDS, FALSE_WORDS = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 
@@ -160,8 +169,8 @@ def print_help(script, defaults):
 
 def configure(g, argv=None, verbose=True, positive_ints=()):
     """Applies config files and --key=value overrides from argv (default sys.argv[1:]) to the
-    config globals of g, checks that the keys named in positive_ints are positive ints, and returns
-    the final config as a dict."""
+    config globals of g, checks that the keys named in positive_ints are positive ints and that
+    every key with RULES follows them, and returns the final config as a dict."""
     argv = sys.argv[1:] if argv is None else argv
     config = config_keys(g)
     defaults = dict(config)

@@ -16,7 +16,7 @@ import re
 import torch
 
 from configurator import configure
-from model import CONV1D_WEIGHTS
+from model import CONV1D_WEIGHTS, beyond_gpt2
 from nanogpt import ScriptError
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.data import GPT2_EOT_TOKEN
@@ -43,6 +43,10 @@ checkpoint = load_checkpoint(ckpt_path(out_dir))
 model = model_from_checkpoint(checkpoint, ckpt_path(out_dir))
 config = model.config
 checkpoint = None  # free the memory
+differences = ', '.join(f'{k}={getattr(config, k)!r}' for k in beyond_gpt2(vars(config)))
+if differences:  # Hugging Face's GPT-2 computes GPT-2's architecture and nothing else
+    raise ScriptError(f"{ckpt_path(out_dir)} is a model with {differences}: not GPT-2's architecture, so it has no "
+                      f"Hugging Face GPT-2 form")
 
 # tensors under Hugging Face's names, which are ours. lm_head.weight is left out: GPT-2 ties it to
 # wte.weight, and transformers writes and reads it that way. Each tensor is a contiguous copy of its

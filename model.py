@@ -30,6 +30,26 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+def rms_norm(x):
+    """x divided by its root mean square over the last dimension (no learned scale)."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(block_size, head_size, base=10000.0):
+    """cos and sin of the rotary position embedding's angles (RoFormer, Su et al. 2021): position p
+    turns the i-th pair of a head's channels by p * base^(-2i/head_size). Shape (block_size, head_size / 2)."""
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """Rotary position embedding of queries or keys x (B, nh, T, hs) at the positions of cos and sin (T, hs / 2):
+    the two halves of each head are the two coordinates of hs / 2 planes, each turned by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
 def plain_attention_is_faster(q, kv_len):
     """torch's fused attention is several times slower in bfloat16 than in float32 on a CPU; up to 512
     positions the plain path, on bfloat16 batched matmuls, is faster than either (about 2x, measured
@@ -49,13 +69,18 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x, layer_cache=None):
+    def forward(self, x, layer_cache=None, rotary=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:  # attention logits bounded by the head size, whatever the weights grow to
+            q, k = rms_norm(q), rms_norm(k)
+        if rotary is not None:  # positions enter here, as angles, rather than as embeddings added to x
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         start = 0
         if layer_cache is not None:
             # generation: keep this step's keys and values, attend over every position so far
@@ -91,11 +116,14 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
+        self.relu2 = config.mlp_activation == 'relu2'
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        x = self.c_fc(x)
+        x = F.relu(x).square() if self.relu2 else self.gelu(x)  # ReLU squared (So et al. 2021, Primer)
+        return self.dropout(self.c_proj(x))
 
 
 class Block(nn.Module):
@@ -107,8 +135,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer_cache=None):
-        x = x + self.attn(self.ln_1(x), layer_cache)
+    def forward(self, x, layer_cache=None, rotary=None):
+        x = x + self.attn(self.ln_1(x), layer_cache, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -122,6 +150,38 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # bias in Linears and LayerNorms, as GPT-2; False is a little better and faster
+    # the modern recipe (README: Faster recipes); every default is GPT-2's own
+    rope: bool = False  # rotary position embeddings in attention, instead of learned ones added to the input (wpe)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys
+    mlp_activation: str = 'gelu'  # 'gelu', or 'relu2': ReLU squared
+    tie_weights: bool = True  # lm_head shares its weights with the token embedding (wte)
+    logit_softcap: float = 0.0  # logits become softcap * tanh(logits / softcap); 0 is off
+    zero_init_proj: bool = False  # the projections into the residual stream (and an untied lm_head) start at zero
+
+
+MLP_ACTIVATIONS = ('gelu', 'relu2')
+GPT2_ARCHITECTURE = dict(rope=False, qk_norm=False, mlp_activation='gelu', tie_weights=True, logit_softcap=0.0)
+
+
+def beyond_gpt2(model_args):
+    """The keys of model_args (a dict of GPTConfig's fields) in which it differs from GPT-2's
+    architecture, which GPT-2's weights and the Hugging Face GPT-2 layout assume. zero_init_proj is
+    only a starting point, and not one of them."""
+    return [k for k, v in GPT2_ARCHITECTURE.items() if model_args.get(k, v) != v]
+
+
+def check_config(config):
+    """ValueError for a GPTConfig no model can be built from."""
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+    if config.mlp_activation not in MLP_ACTIVATIONS:
+        raise ValueError(f"mlp_activation={config.mlp_activation!r}: use {' or '.join(map(repr, MLP_ACTIVATIONS))}")
+    if not config.logit_softcap >= 0:
+        raise ValueError(f"logit_softcap must be 0 (off) or positive, got {config.logit_softcap}")
+    if config.rope and (config.n_embd // config.n_head) % 2:
+        raise ValueError(f"rope=True turns pairs of channels: the head size n_embd/n_head={config.n_embd // config.n_head} must be even")
+    if config.qk_norm and not hasattr(F, 'rms_norm'):
+        raise ValueError("qk_norm=True needs torch>=2.4 (torch.nn.functional.rms_norm)")
 
 
 class KVCache:
@@ -171,30 +231,42 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None
         assert config.block_size is not None
-        if config.n_embd % config.n_head:  # the one check every way of building a model passes through
-            raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+        check_config(config)  # the one check every way of building a model passes through
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({} if config.rope else {'wpe': nn.Embedding(config.block_size, config.n_embd)}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        if config.tie_weights:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        if config.rope:  # not parameters, and not saved: a function of the shape
+            cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections into the residual stream by the depth
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight'):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init_proj:  # each block starts as the identity, the untied head at uniform predictions
+            for name, p in self.named_parameters():
+                if name.endswith('c_proj.weight') or (name == 'lm_head.weight' and not config.tie_weights):
+                    torch.nn.init.zeros_(p)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count. non_embedding leaves out the position embeddings; the token embeddings
-        stay in because they are also the weights of lm_head."""
+        """Parameter count. non_embedding leaves out the embeddings, which are looked up rather than
+        multiplied: the position embeddings, and the token embeddings unless they are also the
+        weights of lm_head (tie_weights)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            if 'wpe' in self.transformer:
+                n_params -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n_params -= self.transformer.wte.weight.numel()
         return n_params
 
     def _init_weights(self, module):
@@ -211,30 +283,41 @@ class GPT(nn.Module):
         start = kv_cache.length if kv_cache is not None else 0
         assert start + t <= self.config.block_size, \
             f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
-        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rotary = None
+        if self.config.rope:
+            rotary = (self.rope_cos[start:start + t], self.rope_sin[start:start + t])
+        else:
+            x = x + self.transformer.wpe(torch.arange(start, start + t, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_cache is None else (*kv_cache.layers[i], start))
+            x = block(x, None if kv_cache is None else (*kv_cache.layers[i], start), rotary)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.length += t
+        if targets is None:
+            x = x[:, [-1], :]  # only the last position's logits, keeping the time dimension
+        logits = self.lm_head(x)
+        if self.config.logit_softcap:  # in float32: tanh saturates early in bfloat16
+            logits = self.config.logit_softcap * torch.tanh(logits.float() / self.config.logit_softcap)
+        loss = None
         if targets is not None:
-            logits = self.lm_head(x)
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        else:
-            logits = self.lm_head(x[:, [-1], :])  # keep the time dimension
-            loss = None
         return logits, loss
 
     def crop_block_size(self, block_size):
         """Model surgery for a smaller context, e.g. GPT-2's 1024 down to 256."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.config.rope:
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
+        else:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token: 6N for the matmuls forward and backward plus 12*L*H*Q*T for
-        attention (PaLM, appendix B), N without position embeddings, T the trained sequence length."""
+        attention (PaLM, appendix B), N the parameters of the matmuls (get_num_params()), T the trained
+        sequence length. Rotary embeddings, norms, activations and soft-capping are elementwise: left out."""
         cfg = self.config
         L, H, Q = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head
         return 6 * self.get_num_params() + 12 * L * H * Q * seq_len
@@ -276,18 +359,36 @@ class GPT(nn.Module):
         model.load_state_dict(hf_to_nanogpt(read_safetensors(weights_path), model.state_dict()))
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True, optimizer='adamw',
+                             muon_learning_rate=0.02, muon_momentum=0.95):
         """AdamW with weight decay on the 2-D tensors (matmul weights, embeddings) only; the fused
-        kernel where this torch has one for the device."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        kernel where this torch has one for the device. optimizer='muon' hands the 2-D weights inside
+        the blocks to torch.optim.Muon instead, at muon_learning_rate (with the same weight decay),
+        and keeps AdamW for the embeddings, lm_head, norms and biases."""
+        if optimizer not in ('adamw', 'muon'):
+            raise ValueError(f"optimizer={optimizer!r}: use 'adamw' or 'muon'")
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        muon = [p for n, p in params if optimizer == 'muon' and p.dim() == 2 and n.startswith('transformer.h.')]
+        muon_ids = {id(p) for p in muon}
+        decay = [p for n, p in params if p.dim() >= 2 and id(p) not in muon_ids]
+        no_decay = [p for n, p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         if verbose:
+            if muon:
+                print(f"num Muon parameter tensors: {len(muon)}, with {sum(p.numel() for p in muon):,} parameters")
             print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
             print(f"num non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters")
         fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        if not muon:
+            return adamw
+        if not hasattr(torch.optim, 'Muon'):
+            raise ValueError("optimizer='muon' needs torch>=2.9 (torch.optim.Muon)")
+        # lr_scale: train.py's schedule sets each group's lr to the scheduled learning_rate times it.
+        # adjust_lr_fn='original': updates scaled by sqrt(max(1, rows / cols)), as Keller Jordan's Muon does
+        return MuonAndAdamW(torch.optim.Muon([{'params': muon, 'lr_scale': muon_learning_rate / learning_rate}],
+                                             lr=muon_learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
+                                             adjust_lr_fn='original'), adamw)
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
@@ -315,6 +416,36 @@ class GPT(nn.Module):
         """idx (b, t) of token ids, extended by max_new_tokens tokens. temperature 0 is greedy."""
         new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache))
         return torch.cat([idx] + new, dim=1)
+
+
+class MuonAndAdamW:
+    """Muon and AdamW stepped as one optimizer, with the parts of torch.optim.Optimizer that training
+    uses: param_groups (both optimizers'), step, zero_grad, state_dict and load_state_dict (which
+    GradScaler's step and unscale_ work through too)."""
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self):  # a property: load_state_dict replaces the optimizers' group lists
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {'muon': self.muon.state_dict(), 'adamw': self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        if set(state_dict) != {'muon', 'adamw'}:
+            raise ValueError("this optimizer state is not Muon and AdamW's: resume with the optimizer it was saved with")
+        self.muon.load_state_dict(state_dict['muon'])
+        self.adamw.load_state_dict(state_dict['adamw'])
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from configurator import configure
-from nanogpt import ScriptError, distributed, hellaswag
+from nanogpt import ScriptError, distributed
 from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, init_model, planned_model, save_checkpoint,
                                 shape_warning)
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
                             keep_freed_host_memory, memory_error, mfu, pick_device, pick_dtype, select_sdpa_backend)
+from nanogpt.evaluation import hellaswag_accuracy, hellaswag_for_model
 from nanogpt.files import append_metrics, ckpt_path, claim_out_dir, metrics_path, trim_metrics
 from nanogpt.training import divergence, train_step
 
@@ -61,7 +62,17 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # bias inside LayerNorm and Linear layers?
-# adamw optimizer
+# the modern recipe, each part off by default (README: Faster recipes)
+rope = False  # rotary position embeddings in attention instead of learned position embeddings
+qk_norm = False  # RMS-normalise each head's queries and keys
+mlp_activation = 'gelu'  # 'gelu', or 'relu2' (ReLU squared)
+tie_weights = True  # lm_head shares its weights with the token embedding
+logit_softcap = 0.0  # logits become logit_softcap * tanh(logits / logit_softcap); 0 is off
+zero_init_proj = False  # the projections into the residual stream (and an untied lm_head) start at zero
+# optimizer: AdamW, or Muon for the blocks' matrices with AdamW for the rest
+optimizer = 'adamw'  # 'adamw' or 'muon'
+muon_learning_rate = 0.02  # Muon's max learning rate (optimizer='muon'); learning_rate is AdamW's
+muon_momentum = 0.95  # Muon's momentum
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
 weight_decay = 1e-1
@@ -73,6 +84,7 @@ decay_lr = True  # cosine decay after a linear warmup
 warmup_iters = 2000  # warmup steps
 lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # should be ~= learning_rate/10 per Chinchilla
+cooldown_iters = 0  # 0: the cosine; N: constant after the warmup, then straight down to min_lr over the N iterations before lr_decay_iters
 # distributed
 backend = 'auto'  # 'nccl', 'gloo', or 'auto': nccl on GPUs, gloo on CPUs
 fsdp = False  # shard parameters, gradients and optimizer state with FSDP2 (under torchrun)
@@ -98,8 +110,6 @@ if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it f
 if decay_lr and min_lr > learning_rate:
     raise ScriptError(f"min_lr={min_lr} is above learning_rate={learning_rate}: the decay would raise the learning "
                       f"rate")
-if compile_mode not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
-    raise ScriptError(f"unknown compile_mode {compile_mode!r}; use default, reduce-overhead or max-autotune")
 world_size = int(os.environ.get('WORLD_SIZE', 1))
 if gradient_accumulation_steps % world_size:
     options = ', '.join(str(world_size * k) for k in range(1, 5))
@@ -107,6 +117,8 @@ if gradient_accumulation_steps % world_size:
                       f"processes; use a multiple of {world_size} ({options}, ...)")
 if fsdp and world_size == 1:
     raise ScriptError("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
+if fsdp and optimizer == 'muon':  # Muon orthogonalises whole matrices; FSDP gives each process a slice of them
+    raise ScriptError("optimizer='muon' needs whole weight matrices on every process: use it with DDP (fsdp=False)")
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps // world_size):
@@ -135,10 +147,12 @@ meta = load_meta(data_dir)
 # the model's shape, known before it is built (out_dir's checkpoint for a resume, GPT-2's for gpt2*),
 # checked against the data and the device's memory before anything is allocated or written
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=meta.get('vocab_size', PADDED_GPT2_VOCAB_SIZE))
+                  vocab_size=meta.get('vocab_size', PADDED_GPT2_VOCAB_SIZE), rope=rope, qk_norm=qk_norm,
+                  mlp_activation=mlp_activation, tie_weights=tie_weights, logit_softcap=logit_softcap,
+                  zero_init_proj=zero_init_proj)
 planned, checkpoint = planned_model(init_from, out_dir, model_args)
 if planned is not None and init_from != 'scratch':
-    check_start(planned, checkpoint, block_size, meta, dataset)
+    check_start(planned, checkpoint, block_size, meta, dataset, optimizer)
 vocab_size = (planned or model_args)['vocab_size']
 train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
@@ -146,7 +160,7 @@ if planned is not None and (error := memory_error(device, planned, batch_size, b
                                                   shards=world_size if fsdp else 1)):
     raise ScriptError(error)
 if hellaswag_interval:  # read and tokenised once; scored by the uncompiled model, whatever shapes it meets
-    hellaswag_examples = hellaswag.examples_for_model(hellaswag_path, vocab_size, block_size)
+    hellaswag_examples = hellaswag_for_model(hellaswag_path, vocab_size, block_size)
 
 # out_dir: a new run never replaces one that is there, and one run at a time writes into it (rank 0
 # holds its lock; the other ranks stop with it if it is refused)
@@ -178,8 +192,10 @@ peak = device_peak_flops(device, dtype, peak_flops, warn=master_process)
 # active only for float16
 if fsdp:
     model = distributed.shard(model)
+# from here on optimizer is the optimizer itself; the name configured stays in config['optimizer']
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
-                                           verbose=master_process)
+                                           verbose=master_process, optimizer=optimizer,
+                                           muon_learning_rate=muon_learning_rate, muon_momentum=muon_momentum)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint is not None:
     if fsdp:
@@ -240,12 +256,15 @@ def estimate_loss(it):
     return out
 
 
-# learning rate: a linear warmup from above zero, then a cosine down to min_lr at lr_decay_iters
+# learning rate: a linear warmup from above zero, then a cosine down to min_lr at lr_decay_iters (or,
+# with cooldown_iters, constant and then a straight line down: the schedule the GPT-2 speedruns use)
 def get_lr(it):
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it > lr_decay_iters or lr_decay_iters <= warmup_iters:
         return min_lr
+    if cooldown_iters:
+        return min_lr + min(1.0, (lr_decay_iters - it) / cooldown_iters) * (learning_rate - min_lr)
     progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
@@ -349,12 +368,12 @@ iters_timed = 0  # iterations since t0
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
-        param_group['lr'] = lr
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # Muon's groups: muon_learning_rate / learning_rate
 
     # HellaSwag every hellaswag_interval iterations and at the end, the examples shared out among the ranks
     if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:
         t_eval = time.time()
-        scores = hellaswag.evaluate(raw_model, hellaswag_examples, device, ctx, rank, world_size)
+        scores = hellaswag_accuracy(raw_model, hellaswag_examples, device, ctx, rank, world_size)
         eval_s = time.time() - t_eval
         if master_process:
             print(f"hellaswag {iter_num}: acc_norm {scores['acc_norm']:.4f}, acc {scores['acc']:.4f}, "

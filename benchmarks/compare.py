@@ -2,8 +2,14 @@
 Side-by-side speed of this toolkit and upstream nanoGPT, printed as a table.
 
 CPU: config/train_shakespeare_char_cpu.py end to end (2000 iterations with their evaluations), in
-float32 (the default) and bfloat16 (opt-in): ms per iteration, total wall time, val loss at the end.
+float32 (the default) and bfloat16 (opt-in): ms per iteration, total wall time, val loss at the end,
+and each final model's loss on the whole val split.
 $ python benchmarks/compare.py --device=cpu [--upstream=../nanoGPT] [--rounds=3]
+
+Time to the same loss on the CPU: config/speedrun_shakespeare_char_cpu.py against upstream's CPU run,
+both whole commands, their final models scored on the whole val split; with --ablation, the recipe
+again with each of its techniques turned off in turn; with --plot, val loss against wall time.
+$ python benchmarks/compare.py --device=cpu --speedrun=True --upstream=../nanoGPT --rounds=3 [--ablation=all] [--plot=docs/speedrun_cpu.png]
 
 GPU: first a check of the attention kernels (config/train_shakespeare_char.py, 500 iterations, with
 sdpa_backend=flash and with auto: the same seed should give the same val loss); then bench.py on
@@ -40,6 +46,9 @@ max_iters = 0  # 0: the configs' own (2000 on CPU, 5000 on GPU); fewer for a qui
 cpu_dtypes = 'float32,bfloat16'  # CPU: our runs
 e2e_compile_modes = 'default,reduce-overhead'  # GPU: our end-to-end runs
 attention_check_iters = 500  # GPU: iterations of the flash-against-auto check; 0 skips it
+speedrun = False  # CPU: time to the same loss, config/speedrun_shakespeare_char_cpu.py against upstream's CPU run
+ablation = ''  # with speedrun: the recipe again with each of these techniques off in turn: 'all', or e.g. 'rope,optimizer'
+plot = ''  # with speedrun: where to draw val loss against wall time (a .png), '' for no picture
 log_dir = 'bench_results'  # every run's output goes here
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -54,6 +63,10 @@ UPSTREAM_CPU_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--comp
 # what this script runs in an upstream checkout
 UPSTREAM_FILES = ('train.py', 'model.py', 'bench.py', 'configurator.py', os.path.join('config', 'train_shakespeare_char.py'))
 DATA = os.path.join(ROOT, 'data', 'shakespeare_char')
+SPEEDRUN_CPU = 'config/speedrun_shakespeare_char_cpu.py'
+# each technique of the recipe, and the value that turns it off (upstream's)
+TECHNIQUES = {'rope': False, 'qk_norm': False, 'mlp_activation': 'gelu', 'tie_weights': True, 'logit_softcap': 0.0,
+              'zero_init_proj': False, 'optimizer': 'adamw', 'dtype': 'float32'}
 
 
 def check_inputs():
@@ -67,6 +80,12 @@ def check_inputs():
         missing = [f for f in UPSTREAM_FILES if not os.path.isfile(os.path.join(upstream, f))]
         if missing:
             raise ScriptError(f"upstream={upstream!r} is not a nanoGPT checkout: it lacks {', '.join(missing)}")
+    unknown = set(ablation.split(',')) - set(TECHNIQUES) - {'', 'all'}
+    if unknown:
+        raise ScriptError(f"ablation: no technique {', '.join(sorted(unknown))}; use 'all' or some of {', '.join(TECHNIQUES)}")
+    if (speedrun or ablation or plot) and (device != 'cpu' or not upstream):
+        raise ScriptError("speedrun, ablation and plot compare with upstream on the CPU: give --device=cpu "
+                          "--speedrun=True --upstream=PATH")
     if not os.path.exists(os.path.join(DATA, 'train.bin')) and not os.path.exists(os.path.join(DATA, 'input.txt')):
         raise ScriptError(f"{os.path.join(DATA, 'input.txt')} is missing (the project ships it: git checkout -- "
                           f"data/shakespeare_char/input.txt), and the data is not prepared either")
@@ -82,16 +101,24 @@ def prepare_data():
             shutil.copy(os.path.join(DATA, name), target)
 
 
-def run(name, cmd, cwd):
-    """Runs cmd, keeps its output in log_dir/name.log; returns (stdout and stderr, wall seconds)."""
+def run(name, cmd, cwd, timeline=None):
+    """Runs cmd, keeps its output in log_dir/name.log; returns (stdout and stderr, wall seconds). Where
+    timeline is a list, (seconds since the start, val loss) is appended to it for each step line."""
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    with open(os.path.join(log_dir, f'{name}.log'), 'w') as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:  # read as it comes, so each line's time is when the run printed it
+            lines.append(line)
+            log.write(line)
+            m = re.match(r'^step \d+: train loss [\d.]+, val loss ([\d.]+)', line)
+            if m and timeline is not None:
+                timeline.append((time.time() - t0, float(m.group(1))))
+        proc.wait()
     seconds = time.time() - t0
-    with open(os.path.join(log_dir, f'{name}.log'), 'w') as f:
-        f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise ScriptError(f"{name} failed ({' '.join(cmd)}); see {log_dir}/{name}.log")
-    return proc.stdout + proc.stderr, seconds
+    return ''.join(lines), seconds
 
 
 def fresh_out_dir(out):
@@ -118,23 +145,17 @@ def train_summary(stdout, seconds):
 
 
 def whole_split_val_loss(ckpt_path):
-    """Loss of a checkpoint's model over the whole val split, in consecutive windows of its block size:
-    the printed val loss averages 20 random batches, which differ from run to run by about +-0.013."""
-    import numpy as np
-    import torch
+    """Loss of a checkpoint's model over every token of the val split (nanogpt.evaluation): the printed
+    val loss averages 20 random batches, which differ from run to run by about +-0.013."""
+    from contextlib import nullcontext
     from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
-    from nanogpt.data import dataset_dir, load_meta, open_split
+    from nanogpt.data import load_meta, open_split
+    from nanogpt.evaluation import whole_split_loss
     checkpoint = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(checkpoint, ckpt_path).eval()
-    block, vocab_size = checkpoint['model_args']['block_size'], checkpoint['model_args']['vocab_size']
-    data_dir = dataset_dir('shakespeare_char')
-    data = open_split(data_dir, 'val', load_meta(data_dir), block, vocab_size).astype(np.int64)
-    n = (len(data) - 1) // block
-    x = torch.from_numpy(data[:n * block].reshape(n, block))
-    y = torch.from_numpy(data[1:n * block + 1].reshape(n, block))
-    with torch.inference_mode():
-        losses = [model(x[i:i + 256], y[i:i + 256])[1].item() * len(x[i:i + 256]) for i in range(0, n, 256)]
-    return sum(losses) / n
+    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0).eval()
+    block, vocab_size = model.config.block_size, model.config.vocab_size
+    data = open_split(DATA, 'val', load_meta(DATA), block, vocab_size)
+    return whole_split_loss(model, data, block, 64, 'cpu', nullcontext())[0]
 
 
 def table(title, header, rows):
@@ -146,23 +167,39 @@ def table(title, header, rows):
 
 
 def cpu_comparison():
+    """Our runs against upstream's CPU run, interleaved round by round: with speedrun, the recipe (and
+    its ablations) for time to the same loss; otherwise train_shakespeare_char_cpu.py per dtype."""
     # a shorter run is evaluated at its end as well, as upstream does only at multiples of eval_interval
     iters = [f'--max_iters={max_iters}', f'--lr_decay_iters={max_iters}', f'--eval_interval={max_iters}'] if max_iters else []
+    if speedrun:
+        ours = {'this toolkit, speedrun recipe': [SPEEDRUN_CPU]}
+        if ablation:
+            from configurator import run_config_file
+            recipe = run_config_file(os.path.join(ROOT, SPEEDRUN_CPU), {})[1]
+            for key, off in TECHNIQUES.items():
+                if recipe.get(key, off) != off and (ablation == 'all' or key in ablation.split(',')):
+                    ours[f'recipe without {key}={recipe[key]!r}'] = [SPEEDRUN_CPU, f'--{key}={off}']
+    else:
+        ours = {f'this toolkit, {dtype}': ['config/train_shakespeare_char_cpu.py', f'--dtype={dtype}']
+                for dtype in cpu_dtypes.split(',')}
     runs = {}
     if upstream:
         # always_save_checkpoint: the checkpoint then holds the final model, for the whole-split loss
         runs['upstream nanoGPT'] = ([sys.executable, 'train.py', *UPSTREAM_CPU_ARGS, '--out_dir=out-compare',
                                      '--always_save_checkpoint=True', *iters], upstream, os.path.join(upstream, 'out-compare'))
-    for dtype in cpu_dtypes.split(','):
-        out = os.path.abspath(os.path.join(log_dir, f'out-cpu-{dtype}'))  # train.py runs in ROOT
-        runs[f'this toolkit, {dtype}'] = ([sys.executable, 'train.py', 'config/train_shakespeare_char_cpu.py',
-                                           f'--dtype={dtype}', f'--out_dir={out}', '--always_save_checkpoint=True',
-                                           *iters], ROOT, out)
+    for i, (name, args) in enumerate(ours.items()):
+        out = os.path.abspath(os.path.join(log_dir, f'out-cpu-{i}'))  # train.py runs in ROOT
+        runs[name] = ([sys.executable, 'train.py', *args, f'--out_dir={out}', '--always_save_checkpoint=True', *iters],
+                      ROOT, out)
     results = {name: [] for name in runs}
+    timelines = {}
     for r in range(rounds):  # interleaved, so slow spells of a shared machine hit every run alike
-        for name, (cmd, cwd, out) in runs.items():
+        for i, (name, (cmd, cwd, out)) in enumerate(runs.items()):
             fresh_out_dir(out)
-            result = train_summary(*run(f"cpu-{name.replace(' ', '_').replace(',', '')}-{r}", cmd, cwd))
+            if speedrun and cwd == ROOT:  # a seed per round: the loss of a recipe varies by about 0.016 with it
+                cmd = cmd + [f'--seed={1337 + r}']
+            timeline = timelines.setdefault(name, []) if r == 0 else None
+            result = train_summary(*run(f"cpu-{i}-{r}", cmd, cwd, timeline))
             result['whole_val'] = whole_split_val_loss(os.path.join(out, 'ckpt.pt'))
             results[name].append(result)
             print(f"round {r + 1}: {name}: {result['ms']:.2f} ms/iter, {result['total']:.1f} s, "
@@ -170,6 +207,17 @@ def cpu_comparison():
     keys = ('ms', 'total', 'val', 'whole_val')
     med = {name: {k: statistics.median(x[k] for x in res) for k in keys} for name, res in results.items()}
     base = med.get('upstream nanoGPT', RECORDED['cpu'])
+    if speedrun:
+        recipe = med['this toolkit, speedrun recipe']
+        rows = [[name, f"{m['total']:.1f}", f"{m['whole_val']:.4f}", f"{base['total'] / m['total']:.2f}x",
+                 f"{m['whole_val'] - recipe['whole_val']:+.4f}", f"{m['total'] - recipe['total']:+.1f}"]
+                for name, m in med.items()]
+        table(f"CPU: time to the same loss, {SPEEDRUN_CPU} against upstream's README CPU run (medians of {rounds} "
+              f"round(s), ours with seeds 1337 to {1336 + rounds}; whole val split: every token of val.bin)",
+              ['run', 'total s', 'whole val split', 'faster in total', 'loss vs recipe', 's vs recipe'], rows)
+        if plot:
+            draw_timelines(timelines, plot)
+        return
     rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['ms']:.1f}", f"{base['total']:.0f}",
                                  f"{base['val']:.3f}", '?', '1.00x', '1.00x']]
     for name, m in med.items():
@@ -178,6 +226,26 @@ def cpu_comparison():
     table(f"CPU: config/train_shakespeare_char_cpu.py, {max_iters or 2000} iterations, gradients clipped at 1.0 "
           f"(medians of {rounds} run(s))",
           ['run', 'ms/iter', 'total s', 'val loss at end', 'whole val split', 'faster per iter', 'faster in total'], rows)
+
+
+def draw_timelines(timelines, path):
+    """Val loss (as each run printed it) against seconds since the command started, one line per run."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, points in timelines.items():
+        if points and (name == 'upstream nanoGPT' or 'speedrun' in name):
+            ax.plot(*zip(*points), 'o-', label=name, markersize=3)
+    ax.set_xlabel('wall time since the command started (s)')
+    ax.set_ylabel('val loss (printed)')
+    ax.set_ylim(top=2.6)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title('tiny Shakespeare (characters) on a 2-core CPU')
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}")
 
 
 def attention_check():

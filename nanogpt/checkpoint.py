@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, beyond_gpt2
 from nanogpt import ScriptError
 from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab
 from nanogpt.files import atomic_write, ckpt_path
@@ -93,7 +93,8 @@ def model_from_checkpoint(checkpoint, path, meta=False, **overrides):
 
 GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
                'gpt2-xl': (48, 25, 1600)}  # n_layer, n_head, n_embd; all have 1024 positions and biases
-SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'bias')  # what a resumed or pretrained model keeps
+# what a resumed or pretrained model keeps, whatever is configured: its shape and its architecture
+SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'qk_norm', 'mlp_activation', 'tie_weights', 'logit_softcap')
 
 
 def planned_model(init_from, out_dir, model_args=None):
@@ -106,6 +107,10 @@ def planned_model(init_from, out_dir, model_args=None):
         model_from_checkpoint(checkpoint, path, meta=True)  # the weights fit the shape
         known = {f.name for f in fields(GPTConfig)}
         return {k: v for k, v in checkpoint['model_args'].items() if k in known}, checkpoint
+    pretrained = init_from in GPT2_SHAPES or (init_from != 'scratch' and os.path.isdir(init_from))
+    if pretrained and (differences := ', '.join(f'{k}={model_args[k]!r}' for k in beyond_gpt2(model_args or {}))):
+        raise ScriptError(f"init_from={init_from} loads GPT-2's architecture, which has no {differences}; "
+                          f"leave those keys at their defaults to start from GPT-2")
     if init_from in GPT2_SHAPES:
         n_layer, n_head, n_embd = GPT2_SHAPES[init_from]
         return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=1024, bias=True,
@@ -130,20 +135,20 @@ def unknown_init_from(init_from, scratch):
 
 
 def shape_warning(config, model_args):
-    """A warning line naming the shape keys of config that differ from model_args, the shape that a
-    resumed run keeps (its checkpoint's); None where they agree."""
-    differ = [f"{k}={config[k]!r}" for k in SHAPE_KEYS
-              if k in config and k in model_args and config[k] != model_args[k]]
+    """A warning line naming the shape and architecture keys of config that differ from model_args,
+    which a resumed run keeps (its checkpoint's); None where they agree."""
+    differ = [k for k in SHAPE_KEYS if k in config and k in model_args and config[k] != model_args[k]]
     if not differ:
         return None
-    kept = ', '.join(f"{k}={model_args[k]!r}" for k in SHAPE_KEYS if k in model_args)
-    return f"warning: the resumed model keeps the checkpoint's shape ({kept}), not {', '.join(differ)} as configured"
+    return (f"warning: the resumed model keeps the checkpoint's {', '.join(f'{k}={model_args[k]!r}' for k in differ)}, "
+            f"not {', '.join(f'{k}={config[k]!r}' for k in differ)} as configured")
 
 
-def check_start(model_args, checkpoint, block_size, meta, dataset):
+def check_start(model_args, checkpoint, block_size, meta, dataset, optimizer='adamw'):
     """Stops when a resumed (checkpoint) or pretrained model, of shape model_args, cannot train on
-    this data at this block_size: a larger block_size (no positions learned past its own), a smaller
-    one on a resume (the optimizer state has the checkpoint's shape), another vocabulary."""
+    this data at this block_size with this optimizer: a larger block_size (no positions learned past
+    its own), a smaller one on a resume (the optimizer state has the checkpoint's shape), another
+    vocabulary, another optimizer than the one whose state a resume loads."""
     size = model_args['block_size']
     source = 'checkpoint' if checkpoint is not None else 'pretrained model'
     if block_size > size:
@@ -153,6 +158,10 @@ def check_start(model_args, checkpoint, block_size, meta, dataset):
                           f"its block_size (its optimizer state has that shape); use block_size={size}")
     if checkpoint is not None:
         config = checkpoint.get('config') if isinstance(checkpoint.get('config'), dict) else {}
+        saved = config.get('optimizer', 'adamw')  # upstream's checkpoints: AdamW
+        if saved != optimizer:
+            raise ScriptError(f"the checkpoint was trained with optimizer={saved!r}, whose state it holds; resume with "
+                              f"--optimizer={saved}")
         hint = f"resume with the dataset it was trained on ({config.get('dataset', '?')})"
     else:
         hint = "GPT-2 reads GPT-2's BPE tokens: prepare the text with data/prepare.py --tokenizer=gpt2"

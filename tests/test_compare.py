@@ -47,3 +47,24 @@ def test_cpu_comparison_runs_both_and_prints_the_table(tmp_path):
     assert rows[0][-2:] == ['1.00x', '1.00x |']
     assert (stand_in / 'data' / 'shakespeare_char' / 'train.bin').exists()  # upstream's data is ours
     assert 'recorded' not in proc.stdout
+
+
+def test_time_to_loss_with_ablation_and_plot(tmp_path):
+    """--speedrun: the recipe against upstream, each technique of the recipe turned off in turn, every
+    final model scored on the whole val split, and val loss against wall time drawn."""
+    project = with_compare(tmp_path / 'project')
+    (tmp_path / 'upstream').mkdir()
+    stand_in = copy_project(tmp_path / 'upstream')
+    picture = tmp_path / 'speedrun.png'
+    proc = run_script(project, 'benchmarks/compare.py', f'--upstream={stand_in}', '--max_iters=2', '--speedrun=True',
+                      '--ablation=optimizer', f'--plot={picture}')
+    lines = proc.stdout.splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith('CPU: time to the same loss'))
+    rows = [line.strip('| ').split(' | ') for line in lines[title + 3:] if line.startswith('| ')]
+    names = [r[0] for r in rows]
+    assert names == ['upstream nanoGPT', 'this toolkit, speedrun recipe', "recipe without optimizer='muon'"]
+    recipe = rows[1]
+    assert recipe[4:] == ['+0.0000', '+0.0'] and rows[0][3] == '1.00x'  # each row against upstream and the recipe
+    assert all(1.0 < float(r[2]) < 5.0 for r in rows)  # whole-split losses of barely trained models
+    assert rows[2][2] != recipe[2] and rows[2][4] != '+0.0000'  # AdamW instead of Muon: another model
+    assert picture.read_bytes().startswith(b'\x89PNG') and f'wrote {picture}' in lines

@@ -218,8 +218,9 @@ def test_finetune_and_sample_from_a_hf_directory(project, tmp_path, tiny_hf, gpt
     assert f'loading GPT-2 weights from {folder}' in proc.stdout
     assert [l.split(':')[0] for l in proc.stdout.splitlines() if l.startswith('iter ')] == ['iter 0', 'iter 1', 'iter 2']
     ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
-    assert ckpt['model_args'] == dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=True,
-                                      vocab_size=GPT2_VOCAB, dropout=0.0)
+    assert ckpt['model_args'] == dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=True, vocab_size=GPT2_VOCAB,
+                                      dropout=0.0, rope=False, qk_norm=False, mlp_activation='gelu', tie_weights=True,
+                                      logit_softcap=0.0, zero_init_proj=False)  # GPT-2's architecture, keys and all
     assert ckpt['model']['transformer.wpe.weight'].shape == (32, 16)  # cropped from 64
 
     proc = run_script(project, 'sample.py', f'--init_from={folder}', '--num_samples=1', '--max_new_tokens=8',
@@ -306,13 +307,14 @@ def test_export_errors(tmp_path, monkeypatch):
     assert not (out / 'hf').exists()
 
 
-def test_gpt2_config_files_are_accepted(tmp_path, monkeypatch):
-    # the config files apply in turn and each key is checked; batch_size=0 then stops train.py at its
+def test_config_files_are_accepted(tmp_path, monkeypatch):
+    # every config file, each applied alone, its keys checked; batch_size=0 then stops train.py at its
     # first check, before it touches the device or the data
-    configs = [REPO / 'config' / name for name in ('train_gpt2.py', 'finetune_shakespeare.py', 'eval_gpt2.py',
-                                                   'eval_gpt2_medium.py', 'eval_gpt2_large.py', 'eval_gpt2_xl.py')]
-    e = run_in_process(monkeypatch, 'train.py', *configs, '--batch_size=0')
-    assert e.code == 'error: batch_size must be a positive integer, got 0'
+    configs = sorted((REPO / 'config').glob('*.py'))
+    assert len(configs) >= 10
+    for config in configs:
+        e = run_in_process(monkeypatch, 'train.py', config, '--batch_size=0')
+        assert e.code == 'error: batch_size must be a positive integer, got 0', (config, e.code)
     # ... and the same check catches a typo in a config file
     typo = tmp_path / 'typo.py'
     typo.write_text("init_from = 'gpt2'\nbatch_sise = 8\n")

@@ -1,5 +1,5 @@
 """HellaSwag in completion style: our scores of a tiny random GPT-2 against a scorer built here on
-transformers' GPT2LMHeadModel over the same weights; data/hellaswag/evaluate.py; bad files."""
+transformers' GPT2LMHeadModel over the same weights; evaluate.py --hellaswag=True; bad files."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import GPT
-from nanogpt import hellaswag
+from nanogpt import evaluation
 from test_gpt2 import GPT2_VOCAB, SIZE, random_gpt2, run_in_process, write_hf_dir
 from test_prepare import gpt2_from_file
 
@@ -71,8 +71,8 @@ def test_scores_agree_with_transformers(tiny_gpt2, gpt2_bpe, monkeypatch):
     folder, path = tiny_gpt2
     monkeypatch.setenv('NANOGPT_GPT2_BPE', str(gpt2_bpe))
     model = GPT.from_pretrained(str(folder)).eval()
-    encoded = hellaswag.examples_for_model(str(path), model.config.vocab_size, model.config.block_size)
-    sums, means = hellaswag.score(model, encoded, 'cpu', torch.no_grad(), batch_examples=3)  # padded batches
+    encoded = evaluation.hellaswag_for_model(str(path), model.config.vocab_size, model.config.block_size)
+    sums, means = evaluation.hellaswag_losses(model, encoded, 'cpu', torch.no_grad(), batch_examples=3)  # padded batches
     ref_sums, ref_means = transformers_scores(folder, gpt2_bpe)
     np.testing.assert_allclose(sums, ref_sums, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(means, ref_means, rtol=1e-5, atol=1e-5)
@@ -81,7 +81,7 @@ def test_scores_agree_with_transformers(tiny_gpt2, gpt2_bpe, monkeypatch):
     assert not np.array_equal(ref_means.argmin(1), ref_sums.argmin(1))  # ... and acc differs from acc_norm
 
     labels = np.array([int(e['label']) for e in EXAMPLES])
-    result = hellaswag.evaluate(model, encoded, 'cpu', torch.no_grad(), batch_examples=2)
+    result = evaluation.hellaswag_accuracy(model, encoded, 'cpu', torch.no_grad(), batch_examples=2)
     assert result['examples'] == len(EXAMPLES)
     assert result['right_norm'] == int((ref_means.argmin(1) == labels).sum())
     assert result['right'] == int((ref_sums.argmin(1) == labels).sum())
@@ -92,11 +92,11 @@ def test_evaluate_script(tiny_gpt2, monkeypatch, capsys, gpt2_bpe, tmp_path):
     folder, path = tiny_gpt2
     monkeypatch.setenv('NANOGPT_GPT2_BPE', str(gpt2_bpe))
     model = GPT.from_pretrained(str(folder)).eval()
-    encoded = hellaswag.examples_for_model(str(path), model.config.vocab_size, model.config.block_size)
-    expected = hellaswag.evaluate(model, encoded, 'cpu', torch.no_grad())
+    encoded = evaluation.hellaswag_for_model(str(path), model.config.vocab_size, model.config.block_size)
+    expected = evaluation.hellaswag_accuracy(model, encoded, 'cpu', torch.no_grad())
     capsys.readouterr()
-    assert run_in_process(monkeypatch, 'data/hellaswag/evaluate.py', f'--init_from={folder}',
-                          f'--hellaswag_path={path}', '--device=cpu', '--batch_examples=3') is None
+    assert run_in_process(monkeypatch, 'evaluate.py', '--hellaswag=True', f'--init_from={folder}',
+                          f'--hellaswag_path={path}', '--device=cpu', '--batch_size=12') is None
     last = capsys.readouterr().out.strip().splitlines()[-1]
     n = len(EXAMPLES)
     assert last.startswith(f"hellaswag: acc_norm {expected['acc_norm']:.4f} ({expected['right_norm']}/{n}), "
@@ -116,7 +116,7 @@ def test_evaluate_script(tiny_gpt2, monkeypatch, capsys, gpt2_bpe, tmp_path):
              (tmp_path / 'missing.jsonl', f"{tmp_path / 'missing.jsonl'} does not exist; point hellaswag_path at "
                                           f"HellaSwag's validation file")]
     for bad, expected_line in cases:
-        e = run_in_process(monkeypatch, 'data/hellaswag/evaluate.py', '--init_from=no-such-model',
+        e = run_in_process(monkeypatch, 'evaluate.py', '--hellaswag=True', '--init_from=no-such-model',
                            f'--hellaswag_path={bad}', '--device=cpu')
         assert e.code.startswith('error: ' + expected_line) and '\n' not in e.code, e.code
 
@@ -125,7 +125,7 @@ def test_char_model_is_refused(tmp_path, monkeypatch, tiny_gpt2):
     from test_gpt2 import trained_checkpoint
     _, path = tiny_gpt2
     trained_checkpoint(tmp_path / 'out' / 'ckpt.pt', bias=False, vocab_size=65, compiled_names=False)
-    e = run_in_process(monkeypatch, 'data/hellaswag/evaluate.py', f'--out_dir={tmp_path / "out"}',
+    e = run_in_process(monkeypatch, 'evaluate.py', '--hellaswag=True', f'--out_dir={tmp_path / "out"}',
                        f'--hellaswag_path={path}', '--device=cpu')
     assert e.code == "error: HellaSwag is scored in GPT-2's tokens; this model's vocabulary has 65 (a character-level model?)"
 
@@ -133,14 +133,14 @@ def test_char_model_is_refused(tmp_path, monkeypatch, tiny_gpt2):
 def test_long_rows_keep_their_ending(gpt2_bpe, monkeypatch):
     monkeypatch.setenv('NANOGPT_GPT2_BPE', str(gpt2_bpe))
     examples = [("word " * 50, ["one two three"] * 4, 0)]
-    (rows, starts, label), = hellaswag.encode_examples(examples, gpt2_from_file(gpt2_bpe).encode_ordinary, 16)
+    (rows, starts, label), = evaluation.encode_hellaswag(examples, gpt2_from_file(gpt2_bpe).encode_ordinary, 16)
     enc = gpt2_from_file(gpt2_bpe)
     ending = enc.encode_ordinary(' one two three')
     assert all(len(r) == 17 and r[s:] == ending for r, s in zip(rows, starts))  # block_size + 1, the context cut
 
 
 def test_download_checks_the_file_and_writes_it_whole(tmp_path, monkeypatch):
-    """hellaswag.download over HTTP, from a server on this machine standing in for GitHub's."""
+    """evaluation.download_hellaswag over HTTP, from a server on this machine standing in for GitHub's."""
     import functools
     import http.server
     import threading
@@ -157,11 +157,11 @@ def test_download_checks_the_file_and_writes_it_whole(tmp_path, monkeypatch):
     url = f'http://127.0.0.1:{server.server_address[1]}'
     try:
         path = tmp_path / 'cache' / 'hellaswag_val.jsonl'
-        assert len(hellaswag.download(path, f'{url}/hellaswag_val.jsonl')) == len(EXAMPLES)
+        assert len(evaluation.download_hellaswag(path, f'{url}/hellaswag_val.jsonl')) == len(EXAMPLES)
         assert path.read_bytes() == (served / 'hellaswag_val.jsonl').read_bytes()
         for bad, expected in [('page.html', 'line 1 is not JSON'), ('missing.jsonl', 'could not download')]:
             with pytest.raises(SystemExit) as e:
-                hellaswag.download(tmp_path / 'other' / 'hellaswag_val.jsonl', f'{url}/{bad}')
+                evaluation.download_hellaswag(tmp_path / 'other' / 'hellaswag_val.jsonl', f'{url}/{bad}')
             assert expected in e.value.code and '\n' not in e.value.code
             assert not (tmp_path / 'other').exists()  # nothing written
     finally:

@@ -1,13 +1,15 @@
 """
+Measuring a trained model beyond eval_iters random batches: its loss on a whole split (the same tokens
+for every run, so two runs or two recipes compare exactly), and HellaSwag. Used by evaluate.py, by
+train.py (hellaswag_interval) and by benchmarks/compare.py.
+
 HellaSwag (Zellers et al. 2019, https://github.com/rowanz/hellaswag) in completion style, as
 build-nanogpt and llm.c score it: each example's context is followed by each of its 4 endings, and the
 model's loss on the ending's tokens decides. acc_norm takes the ending with the lowest mean loss per
 token, acc the lowest summed loss. Published for GPT-2 124M in this style: acc 0.2859, acc_norm 0.2955
-over the 10,042 validation examples (build-nanogpt's hellaswag.py).
-
-The validation file is one JSON object per line with 'ctx' (the context), 'endings' (4 strings) and
-'label' (the index of the right one). Used by data/hellaswag/evaluate.py and by train.py
-(hellaswag_interval); data/hellaswag/prepare.py downloads the file.
+over the 10,042 validation examples (build-nanogpt's hellaswag.py). The validation file is one JSON
+object per line with 'ctx' (the context), 'endings' (4 strings) and 'label' (the index of the right
+one); data/hellaswag/prepare.py downloads it.
 """
 
 import os
@@ -21,12 +23,33 @@ from nanogpt.corpus import json_lines
 from nanogpt.data import GPT2_VOCAB_SIZE, ROOT, gpt2_encoding
 from nanogpt.files import atomic_write
 
-URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
-DEFAULT_PATH = os.path.join(ROOT, 'data', 'hellaswag', 'hellaswag_val.jsonl')
-VAL_EXAMPLES = 10042
+HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
+HELLASWAG_PATH = os.path.join(ROOT, 'data', 'hellaswag', 'hellaswag_val.jsonl')
+HELLASWAG_EXAMPLES = 10042
 
 
-def parse_examples(lines, where):
+def whole_split_loss(model, data, block_size, batch_size, device, ctx):
+    """Mean loss per token over all of data (a flat token array), read in consecutive windows of
+    block_size that do not overlap: every token but the first is predicted once, from the tokens
+    before it in its window; a last, shorter window takes the remainder. Returns (loss, the number
+    of tokens predicted)."""
+    n_pred = len(data) - 1
+    n_full = n_pred // block_size
+    batches = [(np.arange(lo, min(lo + batch_size, n_full)) * block_size, block_size) for lo in range(0, n_full, batch_size)]
+    if n_pred % block_size:
+        batches.append((np.array([n_full * block_size]), n_pred % block_size))
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    with torch.inference_mode():
+        for starts, size in batches:
+            chunk = np.asarray(data[starts[0]:starts[-1] + size + 1])  # a slice: a memmap or TokenShards reads just that
+            rows = torch.from_numpy(chunk[(starts - starts[0])[:, None] + np.arange(size + 1)].astype(np.int64)).to(device)
+            with ctx:
+                _, loss = model(rows[:, :-1], rows[:, 1:])
+            total += loss.double() * (len(starts) * size)
+    return total.item() / n_pred, n_pred
+
+
+def parse_hellaswag(lines, where):
     """[(context, [4 endings], label)] of HellaSwag's JSONL lines; a line in another format ends the
     script with one line that says which and why."""
     examples = []
@@ -47,19 +70,19 @@ def parse_examples(lines, where):
     return examples
 
 
-def load_examples(path):
+def load_hellaswag(path):
     try:
         with open(path, encoding='utf-8') as f:
-            return parse_examples(f.readlines(), path)
+            return parse_hellaswag(f.readlines(), path)
     except FileNotFoundError:
-        hint = "run python data/hellaswag/prepare.py first (it downloads it)" if path == DEFAULT_PATH else \
-            f"point hellaswag_path at HellaSwag's validation file ({URL})"
+        hint = "run python data/hellaswag/prepare.py first (it downloads it)" if path == HELLASWAG_PATH else \
+            f"point hellaswag_path at HellaSwag's validation file ({HELLASWAG_URL})"
         raise ScriptError(f"{path} does not exist; {hint}")
     except (OSError, UnicodeDecodeError) as e:
         raise ScriptError(f"cannot read {path}: {e}")
 
 
-def download(path=DEFAULT_PATH, url=URL):
+def download_hellaswag(path=HELLASWAG_PATH, url=HELLASWAG_URL):
     """Downloads HellaSwag's validation file to path (whole or not at all), checking its format first."""
     import requests
     try:
@@ -68,14 +91,14 @@ def download(path=DEFAULT_PATH, url=URL):
     except requests.RequestException as e:
         raise ScriptError(f"could not download {url} ({type(e).__name__}); offline, copy it to {path} by hand, "
                           f"or give its path with hellaswag_path")
-    examples = parse_examples(response.text.splitlines(), url)
+    examples = parse_hellaswag(response.text.splitlines(), url)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as f:
         f.write(response.content)
     return examples
 
 
-def encode_examples(examples, encode, block_size):
+def encode_hellaswag(examples, encode, block_size):
     """Each example as (rows, ending starts, label): the 4 token rows context + ending, and where each
     ending begins. Endings are encoded with a leading space, as words follow a context in GPT-2's BPE.
     A row longer than block_size + 1 loses the start of its context."""
@@ -95,16 +118,16 @@ def encode_examples(examples, encode, block_size):
     return encoded
 
 
-def examples_for_model(path, vocab_size, block_size):
-    """HellaSwag's examples from path ('' for DEFAULT_PATH), encoded for a model with GPT-2's tokens."""
+def hellaswag_for_model(path, vocab_size, block_size):
+    """HellaSwag's examples from path ('' for HELLASWAG_PATH), encoded for a model with GPT-2's tokens."""
     if vocab_size < GPT2_VOCAB_SIZE:
         raise ScriptError(f"HellaSwag is scored in GPT-2's tokens; this model's vocabulary has {vocab_size} "
                           f"(a character-level model?)")
-    return encode_examples(load_examples(path or DEFAULT_PATH), gpt2_encoding().encode_ordinary, block_size)
+    return encode_hellaswag(load_hellaswag(path or HELLASWAG_PATH), gpt2_encoding().encode_ordinary, block_size)
 
 
 @torch.no_grad()
-def score(model, encoded, device, ctx, batch_examples=8):
+def hellaswag_losses(model, encoded, device, ctx, batch_examples=8):
     """The losses of each example's 4 endings, (n, 4) float64 arrays: the summed and the mean token
     loss over the ending's tokens. batch_examples examples (4 rows each) go through model at a time,
     padded on the right: the model is causal, so padding never changes the losses of real tokens."""
@@ -129,7 +152,7 @@ def score(model, encoded, device, ctx, batch_examples=8):
     return torch.cat(sums).numpy(), torch.cat(means).numpy()
 
 
-def evaluate(model, encoded, device, ctx, rank=0, world_size=1, batch_examples=8):
+def hellaswag_accuracy(model, encoded, device, ctx, rank=0, world_size=1, batch_examples=8):
     """acc_norm, acc, the examples right by each and the number of examples, over all of encoded. Under torchrun each rank scores
     every world_size-th example and the counts are summed across ranks; every rank runs the same
     number of forward passes (the short ones repeat an example, uncounted), as FSDP needs."""
@@ -138,7 +161,7 @@ def evaluate(model, encoded, device, ctx, rank=0, world_size=1, batch_examples=8
     padded = mine + encoded[:1] * (per_rank - len(mine))
     was_training = model.training
     model.eval()
-    sums, means = score(model, padded, device, ctx, batch_examples)
+    sums, means = hellaswag_losses(model, padded, device, ctx, batch_examples)
     model.train(was_training)
     labels = np.array([label for _, _, label in mine], dtype=np.int64)
     n = len(mine)

@@ -8,7 +8,8 @@ $ python benchmarks/compare.py --device=cpu [--upstream=../nanoGPT] [--rounds=3]
 
 Time to the same loss on the CPU: config/speedrun_shakespeare_char_cpu.py against upstream's CPU run,
 both whole commands, their final models scored on the whole val split; with --ablation, the recipe
-again with each of its techniques turned off in turn; with --plot, val loss against wall time.
+again with each technique switched in turn (off where the recipe has it, on where it left it out);
+with --plot, val loss against wall time.
 $ python benchmarks/compare.py --device=cpu --speedrun=True --upstream=../nanoGPT --rounds=3 [--ablation=all] [--plot=docs/speedrun_cpu.png]
 
 GPU: first a check of the attention kernels (config/train_shakespeare_char.py, 500 iterations, with
@@ -47,7 +48,7 @@ cpu_dtypes = 'float32,bfloat16'  # CPU: our runs
 e2e_compile_modes = 'default,reduce-overhead'  # GPU: our end-to-end runs
 attention_check_iters = 500  # GPU: iterations of the flash-against-auto check; 0 skips it
 speedrun = False  # CPU: time to the same loss, config/speedrun_shakespeare_char_cpu.py against upstream's CPU run
-ablation = ''  # with speedrun: the recipe again with each of these techniques off in turn: 'all', or e.g. 'rope,optimizer'
+ablation = ''  # with speedrun: the recipe again with each of these techniques switched in turn: 'all', or e.g. 'rope,optimizer'
 plot = ''  # with speedrun: where to draw val loss against wall time (a .png), '' for no picture
 log_dir = 'bench_results'  # every run's output goes here
 # -----------------------------------------------------------------------------
@@ -64,9 +65,10 @@ UPSTREAM_CPU_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--comp
 UPSTREAM_FILES = ('train.py', 'model.py', 'bench.py', 'configurator.py', os.path.join('config', 'train_shakespeare_char.py'))
 DATA = os.path.join(ROOT, 'data', 'shakespeare_char')
 SPEEDRUN_CPU = 'config/speedrun_shakespeare_char_cpu.py'
-# each technique of the recipe, and the value that turns it off (upstream's)
-TECHNIQUES = {'rope': False, 'qk_norm': False, 'mlp_activation': 'gelu', 'tie_weights': True, 'logit_softcap': 0.0,
-              'zero_init_proj': False, 'optimizer': 'adamw', 'dtype': 'float32'}
+# each technique of the modern recipe: the value that turns it off (upstream's), and one that turns it on
+TECHNIQUES = {'rope': (False, True), 'qk_norm': (False, True), 'mlp_activation': ('gelu', 'relu2'),
+              'tie_weights': (True, False), 'logit_softcap': (0.0, 15.0), 'zero_init_proj': (False, True),
+              'optimizer': ('adamw', 'muon'), 'dtype': ('float32', 'bfloat16')}
 
 
 def check_inputs():
@@ -176,9 +178,12 @@ def cpu_comparison():
         if ablation:
             from configurator import run_config_file
             recipe = run_config_file(os.path.join(ROOT, SPEEDRUN_CPU), {})[1]
-            for key, off in TECHNIQUES.items():
-                if recipe.get(key, off) != off and (ablation == 'all' or key in ablation.split(',')):
-                    ours[f'recipe without {key}={recipe[key]!r}'] = [SPEEDRUN_CPU, f'--{key}={off}']
+            for key, (off, on) in TECHNIQUES.items():
+                if ablation == 'all' or key in ablation.split(','):  # the technique turned off, or on where the recipe left it out
+                    if recipe.get(key, off) != off:
+                        ours[f'recipe without {key}={recipe[key]!r}'] = [SPEEDRUN_CPU, f'--{key}={off}']
+                    else:
+                        ours[f'recipe with {key}={on!r}'] = [SPEEDRUN_CPU, f'--{key}={on}']
     else:
         ours = {f'this toolkit, {dtype}': ['config/train_shakespeare_char_cpu.py', f'--dtype={dtype}']
                 for dtype in cpu_dtypes.split(',')}

@@ -220,8 +220,15 @@ def cpu_comparison():
         table(f"CPU: time to the same loss, {SPEEDRUN_CPU} against upstream's README CPU run (medians of {rounds} "
               f"round(s), ours with seeds 1337 to {1336 + rounds}; whole val split: every token of val.bin)",
               ['run', 'total s', 'whole val split', 'faster in total', 'loss vs recipe', 's vs recipe'], rows)
-        if plot:
-            draw_timelines(timelines, plot)
+        if plot:  # the recipe once more, evaluated every 25 iterations so that its curve shows (slower for it)
+            out = os.path.abspath(os.path.join(log_dir, 'out-cpu-curve'))
+            fresh_out_dir(out)
+            curve = []
+            run('cpu-curve', [sys.executable, 'train.py', SPEEDRUN_CPU, '--eval_interval=25', f'--out_dir={out}', *iters],
+                ROOT, curve)
+            draw_timelines({'upstream nanoGPT (its README CPU run)': timelines['upstream nanoGPT'],
+                            'this toolkit, speedrun recipe (evaluated every 25 iterations for this picture)': curve},
+                           plot)
         return
     rows = [] if upstream else [['upstream nanoGPT (recorded)', f"{base['ms']:.1f}", f"{base['total']:.0f}",
                                  f"{base['val']:.3f}", '?', '1.00x', '1.00x']]
@@ -240,8 +247,7 @@ def draw_timelines(timelines, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, points in timelines.items():
-        if points and (name == 'upstream nanoGPT' or 'speedrun' in name):
-            ax.plot(*zip(*points), 'o-', label=name, markersize=3)
+        ax.plot(*zip(*points), 'o-', label=name, markersize=3)
     ax.set_xlabel('wall time since the command started (s)')
     ax.set_ylabel('val loss (printed)')
     ax.set_ylim(top=2.6)

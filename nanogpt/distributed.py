@@ -3,6 +3,7 @@ torch.distributed for train.py: process-group set-up under torchrun, DDP or FSDP
 full (unsharded) state dicts so that checkpoints of sharded runs load anywhere.
 """
 
+import atexit
 import inspect
 import os
 
@@ -33,7 +34,15 @@ def setup(backend, device):
         # teardown that it guessed
         options['device_id'] = torch.device(device)
     dist.init_process_group(backend=backend, **options)
+    # a rank that stops with an error leaves the group before the interpreter's exit, where gloo's threads,
+    # destroyed with it, could abort the process (exit code -6 instead of the error's 1)
+    atexit.register(leave)
     return rank, local_rank, world_size, device
+
+
+def leave():
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def is_distributed():
@@ -137,4 +146,4 @@ def load_full_state(model, optimizer, model_sd, optim_sd):
 def teardown():
     if is_distributed():
         dist.barrier()  # rank 0 may still be writing a checkpoint: leave together, not mid-conversation
-        dist.destroy_process_group()
+        leave()

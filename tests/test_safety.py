@@ -424,9 +424,8 @@ def test_two_ranks_stop_together_when_the_out_dir_is_refused(project, bad):
 ON_MASTER = '''
 import os, sys
 sys.path.insert(0, {repo!r})
-import torch.distributed as dist
 from nanogpt import ScriptError, distributed
-dist.init_process_group('gloo')
+distributed.setup('gloo', 'cpu')
 def claim():
     raise ScriptError('out_dir refused')
 distributed.on_master(int(os.environ['RANK']) == 0, 'cpu', claim)

@@ -2,7 +2,7 @@
 # 2000-iteration run, 1.898 on the whole val split) in well under a third of upstream's wall time.
 # The same model shape as train_shakespeare_char_cpu.py; what changes is the recipe. README: Faster
 # recipes has the measurements, and what each technique is worth (an ablation).
-# $ python train.py config/speedrun_shakespeare_char_cpu.py && python evaluate.py --out_dir=out-speedrun-shakespeare-char-cpu
+# $ python train.py config/speedrun_shakespeare_char_cpu.py && python benchmarks/evaluate.py --out_dir=out-speedrun-shakespeare-char-cpu
 
 out_dir = 'out-speedrun-shakespeare-char-cpu'
 eval_interval = 350  # evaluations at the start and at the end only: they cost time too

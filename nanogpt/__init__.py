@@ -4,7 +4,7 @@ The helpers that train.py, sample.py, bench.py and the other scripts share, one 
     device.py       which device and dtype, autocast, torch.compile, the GPU peak-FLOPs table behind MFU
     data.py         datasets on disk (train.bin, val.bin or their shards, meta.pkl), batches, tokenizers
     corpus.py       large text corpora for the prepare scripts: Parquet/JSONL folders, tokenizing workers, shards
-    evaluation.py   a model measured: its loss on a whole split, HellaSwag (evaluate.py, train.py)
+    evaluation.py   a model measured: its loss on a whole split, HellaSwag (benchmarks/evaluate.py, train.py)
     files.py        files that are never half-written, folders swapped whole, a run's out_dir and its lock
     checkpoint.py   checkpoints: save, load, and the model to start from (init_from)
     distributed.py  torchrun: process group, DDP or FSDP2, full state dicts of sharded models

@@ -1,7 +1,7 @@
 """
 Measuring a trained model beyond eval_iters random batches: its loss on a whole split (the same tokens
-for every run, so two runs or two recipes compare exactly), and HellaSwag. Used by evaluate.py, by
-train.py (hellaswag_interval) and by benchmarks/compare.py.
+for every run, so two runs or two recipes compare exactly), and HellaSwag. Used by
+benchmarks/evaluate.py, by train.py (hellaswag_interval) and by benchmarks/compare.py.
 
 HellaSwag (Zellers et al. 2019, https://github.com/rowanz/hellaswag) in completion style, as
 build-nanogpt and llm.c score it: each example's context is followed by each of its 4 endings, and the

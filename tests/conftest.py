@@ -84,14 +84,15 @@ def script_env(**extra):
 
 
 def copy_project(dest):
-    """The project's scripts, helper package, configs, prepare scripts and shipped text (no generated
-    data) under dest."""
+    """The project's scripts, helper package, configs, prepare and benchmark scripts and shipped text
+    (no generated data) under dest."""
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     for path in REPO.glob('*.py'):
         shutil.copy(path, dest / path.name)
     for folder in ('config', 'nanogpt'):
         shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns('__pycache__'))
-    for path in [*(REPO / 'data').rglob('*.py'), SHAKESPEARE_TXT]:
+    for path in [*(REPO / 'data').rglob('*.py'), *(REPO / 'benchmarks').glob('*.py'), SHAKESPEARE_TXT]:
         target = dest / path.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)

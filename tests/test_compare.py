@@ -1,21 +1,11 @@
 """benchmarks/compare.py: one line and nothing run where an input is missing, and its CPU path end to end
 on a few iterations, with a copy of this project standing in for upstream's checkout."""
 
-import shutil
-
-from conftest import REPO, copy_project, run_script
-
-
-def with_compare(dest):
-    dest.mkdir()
-    project = copy_project(dest)
-    (project / 'benchmarks').mkdir()
-    shutil.copy(REPO / 'benchmarks' / 'compare.py', project / 'benchmarks' / 'compare.py')
-    return project
+from conftest import copy_project, run_script
 
 
 def test_missing_inputs_stop_compare_with_one_line(tmp_path):
-    project = with_compare(tmp_path / 'project')
+    project = copy_project(tmp_path / 'project')
     (tmp_path / 'empty').mkdir()
     cases = [
         (['--upstream=' + str(tmp_path / 'nope')], 'does not exist; clone https://github.com/karpathy/nanoGPT there'),
@@ -34,8 +24,7 @@ def test_missing_inputs_stop_compare_with_one_line(tmp_path):
 
 
 def test_cpu_comparison_runs_both_and_prints_the_table(tmp_path):
-    project = with_compare(tmp_path / 'project')
-    (tmp_path / 'upstream').mkdir()
+    project = copy_project(tmp_path / 'project')
     stand_in = copy_project(tmp_path / 'upstream')
     proc = run_script(project, 'benchmarks/compare.py', f'--upstream={stand_in}', '--max_iters=3',
                       '--cpu_dtypes=float32')
@@ -52,8 +41,7 @@ def test_cpu_comparison_runs_both_and_prints_the_table(tmp_path):
 def test_time_to_loss_with_ablation_and_plot(tmp_path):
     """--speedrun: the recipe against upstream, each technique of the recipe turned off in turn, every
     final model scored on the whole val split, and val loss against wall time drawn."""
-    project = with_compare(tmp_path / 'project')
-    (tmp_path / 'upstream').mkdir()
+    project = copy_project(tmp_path / 'project')
     stand_in = copy_project(tmp_path / 'upstream')
     picture = tmp_path / 'speedrun.png'
     proc = run_script(project, 'benchmarks/compare.py', f'--upstream={stand_in}', '--max_iters=2', '--speedrun=True',

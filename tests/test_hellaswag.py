@@ -1,5 +1,5 @@
 """HellaSwag in completion style: our scores of a tiny random GPT-2 against a scorer built here on
-transformers' GPT2LMHeadModel over the same weights; evaluate.py --hellaswag=True; bad files."""
+transformers' GPT2LMHeadModel over the same weights; benchmarks/evaluate.py --hellaswag=True; bad files."""
 
 import json
 
@@ -95,7 +95,7 @@ def test_evaluate_script(tiny_gpt2, monkeypatch, capsys, gpt2_bpe, tmp_path):
     encoded = evaluation.hellaswag_for_model(str(path), model.config.vocab_size, model.config.block_size)
     expected = evaluation.hellaswag_accuracy(model, encoded, 'cpu', torch.no_grad())
     capsys.readouterr()
-    assert run_in_process(monkeypatch, 'evaluate.py', '--hellaswag=True', f'--init_from={folder}',
+    assert run_in_process(monkeypatch, 'benchmarks/evaluate.py', '--hellaswag=True', f'--init_from={folder}',
                           f'--hellaswag_path={path}', '--device=cpu', '--batch_size=12') is None
     last = capsys.readouterr().out.strip().splitlines()[-1]
     n = len(EXAMPLES)
@@ -116,7 +116,7 @@ def test_evaluate_script(tiny_gpt2, monkeypatch, capsys, gpt2_bpe, tmp_path):
              (tmp_path / 'missing.jsonl', f"{tmp_path / 'missing.jsonl'} does not exist; point hellaswag_path at "
                                           f"HellaSwag's validation file")]
     for bad, expected_line in cases:
-        e = run_in_process(monkeypatch, 'evaluate.py', '--hellaswag=True', '--init_from=no-such-model',
+        e = run_in_process(monkeypatch, 'benchmarks/evaluate.py', '--hellaswag=True', '--init_from=no-such-model',
                            f'--hellaswag_path={bad}', '--device=cpu')
         assert e.code.startswith('error: ' + expected_line) and '\n' not in e.code, e.code
 
@@ -125,7 +125,7 @@ def test_char_model_is_refused(tmp_path, monkeypatch, tiny_gpt2):
     from test_gpt2 import trained_checkpoint
     _, path = tiny_gpt2
     trained_checkpoint(tmp_path / 'out' / 'ckpt.pt', bias=False, vocab_size=65, compiled_names=False)
-    e = run_in_process(monkeypatch, 'evaluate.py', '--hellaswag=True', f'--out_dir={tmp_path / "out"}',
+    e = run_in_process(monkeypatch, 'benchmarks/evaluate.py', '--hellaswag=True', f'--out_dir={tmp_path / "out"}',
                        f'--hellaswag_path={path}', '--device=cpu')
     assert e.code == "error: HellaSwag is scored in GPT-2's tokens; this model's vocabulary has 65 (a character-level model?)"
 

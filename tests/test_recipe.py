@@ -198,7 +198,7 @@ def torchrun(project, *args):
 
 def test_recipe_end_to_end(project, tmp_path):
     """train.py with every technique: it learns, resumes exactly, samples with and without the KV
-    cache alike, scores with evaluate.py, and two DDP ranks agree with one process."""
+    cache alike, scores with benchmarks/evaluate.py, and two DDP ranks agree with one process."""
     common = ['train.py', 'config/train_shakespeare_char.py', *TINY, *RECIPE_ARGS, '--learning_rate=1e-2',
               '--warmup_iters=2', '--eval_interval=10', '--lr_decay_iters=30', '--cooldown_iters=10',
               '--always_save_checkpoint=True']
@@ -226,7 +226,7 @@ def test_recipe_end_to_end(project, tmp_path):
         texts.append(''.join(l for l in proc.stdout.splitlines(True) if not l.startswith('Overriding')))
     assert texts[0] == texts[1] and len(texts[0].splitlines()[-1]) > 0
 
-    proc = run_script(project, 'evaluate.py', f'--out_dir={tmp_path}/a', '--device=cpu')
+    proc = run_script(project, 'benchmarks/evaluate.py', f'--out_dir={tmp_path}/a', '--device=cpu')
     m = re.match(r'^val loss (\d+\.\d{4}) over 111,539 tokens$', proc.stdout.strip().splitlines()[-1])
     assert m and abs(float(m.group(1)) - float(a[29])) < 0.5
 

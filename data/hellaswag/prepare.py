@@ -1,6 +1,6 @@
 """
 HellaSwag's validation set (10,042 examples), downloaded from its public source into
-data/hellaswag/hellaswag_val.jsonl, where evaluate.py (--hellaswag=True) and train.py
+data/hellaswag/hellaswag_val.jsonl, where benchmarks/evaluate.py (--hellaswag=True) and train.py
 (hellaswag_interval) read it. Offline, copy the file there by hand, or give its path to them with
 --hellaswag_path.
 $ python data/hellaswag/prepare.py

@@ -4,16 +4,20 @@ that train.py's 'val loss' averages:
 - the loss on a whole split of its dataset: every token of the split, in consecutive windows of the
   model's block_size, so two runs or two recipes are compared on the same tokens;
 - with --hellaswag=True, HellaSwag accuracy in completion style (GPT-2's tokens only).
-$ python evaluate.py --out_dir=out-shakespeare-char
-$ python evaluate.py --init_from=gpt2 --dataset=openwebtext
-$ python data/hellaswag/prepare.py && python evaluate.py --init_from=gpt2 --hellaswag=True   # published: acc_norm 0.2955
+$ python benchmarks/evaluate.py --out_dir=out-shakespeare-char
+$ python benchmarks/evaluate.py --init_from=gpt2 --dataset=openwebtext
+$ python data/hellaswag/prepare.py && python benchmarks/evaluate.py --init_from=gpt2 --hellaswag=True   # published: acc_norm 0.2955
 The last line is always 'val loss X over N tokens', or for HellaSwag
 'hellaswag: acc_norm X (right/examples), acc Y (right/examples), Zs'.
 """
 
+import os
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's root
 
 from configurator import configure
 from nanogpt import ScriptError

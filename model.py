@@ -222,7 +222,11 @@ def decoding_attention():
 
 # Hugging Face GPT-2 checkpoints store these as Conv1D weights: (in, out) instead of Linear's (out, in)
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # 124M, 350M, 774M and 1558M parameters
+# GPT-2's sizes (124M, 350M, 774M and 1558M parameters): n_layer, n_head, n_embd; each has 1024 positions,
+# biases and 50257 tokens. from_pretrained reads them from config.json; a script planning memory before
+# it loads anything reads them here
+GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
+               'gpt2-xl': (48, 25, 1600)}
 
 
 class GPT(nn.Module):
@@ -338,11 +342,11 @@ class GPT(nn.Module):
             for path in (config_path, weights_path):
                 if not os.path.isfile(path):
                     raise ValueError(f"{name_or_path} is not a Hugging Face GPT-2 directory: {os.path.basename(path)} is missing")
-        elif name_or_path in GPT2_NAMES:
+        elif name_or_path in GPT2_SHAPES:
             config_path, weights_path = (download_gpt2(name_or_path, f) for f in ('config.json', 'model.safetensors'))
         else:
             raise ValueError(f"{name_or_path!r} is neither a directory with config.json and model.safetensors "
-                             f"nor one of {', '.join(GPT2_NAMES)}")
+                             f"nor one of {', '.join(GPT2_SHAPES)}")
         try:
             with open(config_path) as f:
                 hf = json.load(f)

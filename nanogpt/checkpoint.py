@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import torch
 
-from model import GPT, GPTConfig, beyond_gpt2
+from model import GPT, GPT2_SHAPES, GPTConfig, beyond_gpt2
 from nanogpt import ScriptError
 from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab
 from nanogpt.files import atomic_write, ckpt_path
@@ -68,13 +68,18 @@ def clean_state_dict(state_dict):
     return out
 
 
+def known_model_args(model_args):
+    """model_args without the keys GPTConfig does not have (a fork of nanoGPT may add some)."""
+    known = {f.name for f in fields(GPTConfig)}
+    return {k: v for k, v in model_args.items() if k in known}
+
+
 def model_from_checkpoint(checkpoint, path, meta=False, **overrides):
     """The GPT a checkpoint holds, built from its model_args (with overrides such as dropout; keys a
     fork of nanoGPT may add are ignored) and loaded with its weights. meta: built on the meta device
     and given the checkpoint's tensors as they are, to check that they fit model_args without
     allocating anything (not a model to train: tied weights are no longer tied)."""
-    known = {f.name for f in fields(GPTConfig)}
-    args = dict({k: v for k, v in checkpoint['model_args'].items() if k in known}, **overrides)
+    args = dict(known_model_args(checkpoint['model_args']), **overrides)
     wrong = [k for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')
              if isinstance(args.get(k), bool) or not isinstance(args.get(k), int) or args[k] <= 0]
     if wrong or not isinstance(args.get('bias', False), bool):
@@ -91,8 +96,6 @@ def model_from_checkpoint(checkpoint, path, meta=False, **overrides):
     return model
 
 
-GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
-               'gpt2-xl': (48, 25, 1600)}  # n_layer, n_head, n_embd; all have 1024 positions and biases
 # what a resumed or pretrained model keeps, whatever is configured: its shape and its architecture
 SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'qk_norm', 'mlp_activation', 'tie_weights', 'logit_softcap')
 
@@ -105,8 +108,7 @@ def planned_model(init_from, out_dir, model_args=None):
         path = ckpt_path(out_dir)
         checkpoint = load_checkpoint(path, "train one first, or start with --init_from=scratch")
         model_from_checkpoint(checkpoint, path, meta=True)  # the weights fit the shape
-        known = {f.name for f in fields(GPTConfig)}
-        return {k: v for k, v in checkpoint['model_args'].items() if k in known}, checkpoint
+        return known_model_args(checkpoint['model_args']), checkpoint
     pretrained = init_from in GPT2_SHAPES or (init_from != 'scratch' and os.path.isdir(init_from))
     if pretrained and (differences := ', '.join(f'{k}={model_args[k]!r}' for k in beyond_gpt2(model_args or {}))):
         raise ScriptError(f"init_from={init_from} loads GPT-2's architecture, which has no {differences}; "

@@ -146,15 +146,14 @@ def train_summary(stdout, seconds):
             'eval': sum(evals) if evals else None}
 
 
-def whole_split_val_loss(ckpt_path):
-    """Loss of a checkpoint's model over every token of the val split (nanogpt.evaluation): the printed
-    val loss averages 20 random batches, which differ from run to run by about +-0.013."""
+def whole_split_val_loss(out_dir):
+    """Loss of the model in out_dir's checkpoint over every token of the val split (nanogpt.evaluation):
+    the printed val loss averages 20 random batches, which differ from run to run by about +-0.013."""
     from contextlib import nullcontext
-    from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nanogpt.checkpoint import init_model
     from nanogpt.data import load_meta, open_split
     from nanogpt.evaluation import whole_split_loss
-    checkpoint = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=0.0).eval()
+    model = init_model('resume', out_dir, dropout=0.0)[0].eval()
     block, vocab_size = model.config.block_size, model.config.vocab_size
     data = open_split(DATA, 'val', load_meta(DATA), block, vocab_size)
     return whole_split_loss(model, data, block, 64, 'cpu', nullcontext())[0]
@@ -205,7 +204,7 @@ def cpu_comparison():
                 cmd = cmd + [f'--seed={1337 + r}']
             timeline = timelines.setdefault(name, []) if r == 0 else None
             result = train_summary(*run(f"cpu-{i}-{r}", cmd, cwd, timeline))
-            result['whole_val'] = whole_split_val_loss(os.path.join(out, 'ckpt.pt'))
+            result['whole_val'] = whole_split_val_loss(out)
             results[name].append(result)
             print(f"round {r + 1}: {name}: {result['ms']:.2f} ms/iter, {result['total']:.1f} s, "
                   f"val {result['val']:.4f}, whole val split {result['whole_val']:.4f}", flush=True)

@@ -328,6 +328,12 @@ def load_tokenizer(meta, where='this dataset'):
 
 # ----------------------------------------------------------------------------- writing datasets
 
+def write_tokens(f, ids, dtype=np.uint16):
+    """Appends token ids to a binary file as dtype, through f.write: a full disk is then an OSError that
+    says so (numpy's tofile says only how many items it wrote)."""
+    f.write(memoryview(np.ascontiguousarray(ids, dtype=dtype)).cast('B'))
+
+
 def write_dataset(out_dir, train_ids, val_ids, meta, source='the text'):
     """train.bin, val.bin and meta.pkl in out_dir, swapped in together with files.swap_in, meta.pkl
     last: whatever happens, readers find the old dataset whole or the new one whole. A kill while
@@ -343,8 +349,7 @@ def write_dataset(out_dir, train_ids, val_ids, meta, source='the text'):
     with swap_in(out_dir, ('train.bin', 'val.bin', 'meta.pkl')) as staged:
         for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
             with open(staged[name], 'wb') as f:
-                # through f.write, so that a full disk is an OSError that says so (tofile's says not)
-                f.write(memoryview(np.ascontiguousarray(ids, dtype=dtype)).cast('B'))
+                write_tokens(f, ids, dtype)
         with open(staged['meta.pkl'], 'wb') as f:
             pickle.dump(meta, f)
     return meta

@@ -481,10 +481,14 @@ def test_full_disk_during_a_checkpoint_save_keeps_the_previous_one(project, tmp_
 def test_a_file_size_limit_during_saves_keeps_what_was_there(project, bad, tmp_path, shakespeare_txt):
     """RLIMIT_FSIZE makes a write past the limit fail (EFBIG) as a full disk does (ENOSPC): the same
     OSError from the same write, so it stands in where no tmpfs can be made. A checkpoint save, a
-    dataset preparation over an existing dataset and an export each say so in one line and leave
-    what was there."""
+    dataset preparation over an existing dataset, an export and a corpus's first shard each say so in
+    one line and leave what was there."""
     out, dataset, text = tmp_path / 'out', tmp_path / 'dataset', tmp_path / 'text.txt'
     text.write_text(shakespeare_txt.read_text(encoding='utf-8')[:300_000], encoding='utf-8')  # too short for a progress bar
+    corpus, shards = tmp_path / 'corpus', tmp_path / 'shards'
+    corpus.mkdir()
+    (corpus / 'docs.jsonl').write_text(''.join(json.dumps({'text': text.read_text(encoding='utf-8')[i:i + 10_000]}) + '\n'
+                                               for i in range(0, 300_000, 10_000)), encoding='utf-8')
     shutil.copytree(bad / 'out', out)
     shutil.copytree(bad / 'existing_ds', dataset)
     limit = {'RLIMIT_FSIZE': 100_000}  # above metrics.jsonl and meta.pkl, below a checkpoint, an export, train.bin
@@ -494,16 +498,20 @@ def test_a_file_size_limit_during_saves_keeps_what_was_there(project, bad, tmp_p
                                 '--always_save_checkpoint=True'], rlimits=limit),
         dict(cwd=project, argv=['data/prepare.py', f'--input={text}', f'--dataset={dataset}'], rlimits=limit),
         dict(cwd=project, argv=['export_hf.py', f'--out_dir={out}', f'--export_dir={tmp_path}/hf'], rlimits=limit),
+        dict(cwd=project, argv=['data/fineweb_edu/prepare.py', f'--source={corpus}', f'--dataset={shards}',
+                                '--shard_tokens=60000', '--num_proc=1'], rlimits=limit),  # 120 kB shards
     ])
     assert [one_error_line(r, 'saving') for r in results] == [
         f"error: cannot write {out}/ckpt.pt: File too large; the previous ckpt.pt is kept as it was",
         f"error: cannot write train.bin, val.bin, meta.pkl in {dataset}: File too large; the files there are left as "
         f"they were",
-        f"error: cannot write model.safetensors, config.json in {tmp_path}/hf: File too large; nothing was written"]
+        f"error: cannot write model.safetensors, config.json in {tmp_path}/hf: File too large; nothing was written",
+        f"error: cannot write {shards}/val_000.bin: File too large; nothing was written"]
     def kept(files):  # the resumed run holds run.lock and may add rows to metrics.jsonl: the rest stays
         return {p: v for p, v in files.items() if p.name not in ('metrics.jsonl', 'run.lock')}
     assert kept(snapshot(out, dataset)) == kept(before)
     assert not (tmp_path / 'hf').exists()
+    assert sorted(p.name for p in shards.iterdir()) == ['meta.pkl']  # what the next run continues from
 
 
 # ----------------------------------------------------------------------------- datasets swapped in whole

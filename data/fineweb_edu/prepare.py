@@ -65,7 +65,8 @@ if __name__ == '__main__':
     # nanogpt.data imports torch (seconds), so only now
     from nanogpt.corpus import (check_parquet, corpus_files, existing_shards, gpt2_documents, read_texts,
                                 resume_point, shard_name)
-    from nanogpt.data import GPT2_EOT_TOKEN, PADDED_GPT2_VOCAB_SIZE, dataset_dir, gpt2_encoding, load_meta
+    from nanogpt.data import (GPT2_EOT_TOKEN, PADDED_GPT2_VOCAB_SIZE, dataset_dir, gpt2_encoding, load_meta,
+                              write_tokens)
     from nanogpt.files import atomic_write
 
     origin = os.path.abspath(source) if source else f"{repo} {subset}"
@@ -110,7 +111,7 @@ if __name__ == '__main__':
 
     def write_shard(index, tokens):
         with atomic_write(os.path.join(out_dir, shard_name(index))) as f:
-            tokens.tofile(f)
+            write_tokens(f, tokens)
 
     index = len(done)
     if not done or sizes[-1] == shard_tokens:  # else the last shard is short: the corpus was read to its end

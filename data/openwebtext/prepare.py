@@ -67,7 +67,7 @@ if __name__ == '__main__':
         datasets.disable_progress_bars()  # they would surround an error line in a log
     # nanogpt.data imports torch (seconds), so only now
     from nanogpt.corpus import check_parquet, corpus_files, first_line
-    from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, gpt2_encoding
+    from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, gpt2_encoding, write_tokens
     from nanogpt.files import atomic_write
     gpt2_encoding()  # fail now, not after the download, if the BPE cannot be had
     here = os.path.dirname(os.path.abspath(__file__))
@@ -108,7 +108,7 @@ if __name__ == '__main__':
             for i in tqdm(range(n_shards), desc=f'writing {split}.bin'):
                 shard = docs.shard(num_shards=n_shards, index=i, contiguous=True).with_format('numpy')
                 if len(shard):
-                    np.concatenate(shard['ids']).astype(np.uint16).tofile(f)
+                    write_tokens(f, np.concatenate(shard['ids']))
     for split, path in paths.items():
         print(f"{split}.bin has {os.path.getsize(path) // 2:,} tokens")
     with atomic_write(os.path.join(here, 'meta.pkl')) as f:

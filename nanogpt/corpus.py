@@ -131,20 +131,26 @@ class _Failed(Exception):
 _encoding = None  # each worker process's GPT-2 BPE, made on its first document
 
 
-def gpt2_document(text):
-    """<|endoftext|> then the document's GPT-2 tokens, as uint16. For multiprocessing: a module-level
-    function that builds its own encoding pickles light and works whether workers fork or spawn.
-    Special tokens written in the text are tokenised as plain text."""
+def worker_encoding():
+    """This process's GPT-2 BPE, made once. Worker processes call it from module-level functions, which
+    pickle light and work whether the workers fork or spawn."""
     global _encoding
     if _encoding is None:
         from nanogpt.data import gpt2_encoding
-        try:
-            _encoding = gpt2_encoding()
-        except ScriptError as e:
-            raise _Failed(e.code)
-    ids = _encoding.encode_ordinary(text)
+        _encoding = gpt2_encoding()
+    return _encoding
+
+
+def gpt2_document(text):
+    """<|endoftext|> then the document's GPT-2 tokens, as uint16, computed in a worker process.
+    Special tokens written in the text are tokenised as plain text."""
+    try:
+        encoding = worker_encoding()
+    except ScriptError as e:
+        raise _Failed(e.code)
+    ids = encoding.encode_ordinary(text)
     out = np.empty(len(ids) + 1, dtype=np.uint16)
-    out[0] = _encoding.eot_token
+    out[0] = encoding.eot_token
     out[1:] = ids
     return out
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from configurator import configure  # noqa: E402
 from nanogpt import ScriptError  # noqa: E402
+from nanogpt.corpus import worker_encoding  # noqa: E402  (no torch: workers start light)
 
 # Where the corpus lives on the hub. datasets 4.0 and later no longer run loading scripts ("Dataset
 # scripts are no longer supported", karpathy/nanoGPT#633, open when this was written), and the main
@@ -35,19 +36,13 @@ from nanogpt import ScriptError  # noqa: E402
 HUB_FILES = 'hf://datasets/Skylion007/openwebtext@refs/pr/20/data/train-*-of-00080.parquet'
 DOCUMENTS = 8_013_769  # in OpenWebText; another count would give another split
 
-# The tokenizer of each worker process, made on its first document. Workers get tokenize() by
-# pickling; a module-level function that builds its own encoding travels light and works the same
-# whether the workers are forked (Linux) or spawned (macOS, Windows).
-_enc = None
-
 
 def tokenize(example):
-    global _enc
-    if _enc is None:
-        from nanogpt.data import gpt2_encoding
-        _enc = gpt2_encoding()
-    ids = _enc.encode_ordinary(example['text'])  # special tokens in the text are plain text here
-    ids.append(_enc.eot_token)  # <|endoftext|> (50256) closes each document
+    """A document's GPT-2 tokens, then <|endoftext|> (50256), as upstream writes them; run in the
+    worker processes of datasets' map."""
+    encoding = worker_encoding()
+    ids = encoding.encode_ordinary(example['text'])  # special tokens in the text are plain text here
+    ids.append(encoding.eot_token)
     return {'ids': ids, 'len': len(ids)}
 
 

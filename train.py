@@ -363,6 +363,7 @@ X, Y = batch(iter_num, 0)  # fetch the very first batch
 local_iter_num = 0  # iterations of this process's lifetime
 running_mfu = None  # none until the loop has settled
 unread_stats = []  # (iteration, lr, loss, grad norm), the last two still on the device
+stop = False  # whether a rank was asked to stop (a signal), as agreed at a log point
 t0 = time.time()
 iters_timed = 0  # iterations since t0
 while True:
@@ -432,11 +433,15 @@ while True:
             if master_process:
                 print(f"saved checkpoint at iteration {iter_num + 1} to {ckpt_file} ({save_s:.2f}s); to resume, run "
                       f"the same command with --init_from=resume", flush=True)
-            distributed.teardown()
-            sys.exit(128 + (stop_signal or signal.SIGTERM))
+            break
     iter_num += 1
     local_iter_num += 1
 
 if wandb_log and master_process:
     wandb.finish()
+# the DDP wrapper (its reducer) holds the process group: it goes first, so that the group is freed while
+# the interpreter is whole (freed at its exit, gloo's threads could abort the process, exit code -6)
+model = optimizer = None
 distributed.teardown()
+if stop:  # asked to stop (a signal on any rank): the exit code says which signal
+    sys.exit(128 + (stop_signal or signal.SIGTERM))

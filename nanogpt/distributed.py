@@ -4,6 +4,7 @@ full (unsharded) state dicts so that checkpoints of sharded runs load anywhere.
 """
 
 import atexit
+import gc
 import inspect
 import os
 
@@ -144,6 +145,9 @@ def load_full_state(model, optimizer, model_sd, optim_sd):
 
 
 def teardown():
+    """The end of a run: every rank leaves the group together. Drop what holds the group first (the DDP
+    wrapper, the optimizer): the reference cycles they are in are collected here."""
     if is_distributed():
+        gc.collect()
         dist.barrier()  # rank 0 may still be writing a checkpoint: leave together, not mid-conversation
         leave()

@@ -108,6 +108,25 @@ def run_script(project, *args, env=None, check=True, timeout=600):
     return proc
 
 
+def torchrun(project, *args, check=True):
+    """Runs python -m torch.distributed.run with 2 processes on the CPU (gloo) in the project copy."""
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           *map(str, args)], cwd=project, env=script_env(), capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun {args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tiny(**kw):
+    """A 2-layer GPT of 16 channels over 50 tokens, the same weights each time (seed 0); kw changes its GPTConfig."""
+    import torch
+    from model import GPT, GPTConfig
+    args = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=False)
+    args.update(kw)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**args))
+
+
 def run_cases(cases, timeout=600):
     """Runs the real scripts for many cases at the cost of one torch import: tests/case_runner.py
     forks a process per case that runs `python script args...` as the interpreter would. cases are

@@ -3,13 +3,9 @@ import os
 import pytest
 import torch
 
+from conftest import tiny
 from model import GPT, GPTConfig
 from nanogpt.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-
-
-def tiny():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, bias=False))
 
 
 def test_round_trip_gives_identical_logits(tmp_path):

@@ -1,25 +1,15 @@
 """DDP and FSDP through torchrun on CPU with gloo: two processes, tiny models."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, assert_printed_mfu, flops_per_token, iter_lines, run_script, script_env
+from conftest import REPO, TINY, assert_printed_mfu, flops_per_token, iter_lines, run_script, torchrun
 from nanogpt.files import read_metrics
 
 TRAIN_ARGS = ['config/train_shakespeare_char.py', *TINY, '--always_save_checkpoint=True', '--warmup_iters=2',
               '--learning_rate=1e-2']
-
-
-def torchrun(project, *args, check=True):
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           *map(str, args)], cwd=project, env=script_env(), capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"torchrun {args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def weights(path):

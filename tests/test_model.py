@@ -4,20 +4,14 @@ import pytest
 import torch
 
 import model as model_module
-from model import GPT, GPTConfig, sample_next_token
+from conftest import tiny
+from model import sample_next_token
 
 UPSTREAM_NAMES = {
     'transformer.wte.weight', 'transformer.wpe.weight', 'transformer.ln_f.weight', 'lm_head.weight',
     *(f'transformer.h.{i}.{name}' for i in range(2) for name in (
         'ln_1.weight', 'attn.c_attn.weight', 'attn.c_proj.weight', 'ln_2.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')),
 }
-
-
-def tiny(**kw):
-    args = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=False)
-    args.update(kw)
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**args))
 
 
 def test_shapes_and_upstream_parameter_names():

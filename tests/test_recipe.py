@@ -4,8 +4,6 @@ checkpoints, resume, sampling with the KV cache, DDP, bench.py's MFU and the who
 
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,20 +11,13 @@ import torch
 from torch.nn import functional as F
 
 import model as model_module
-from conftest import TINY, iter_lines, run_script, script_env
-from model import GPT, GPTConfig, MuonAndAdamW
+from conftest import TINY, iter_lines, run_script, tiny, torchrun
+from model import GPTConfig, MuonAndAdamW
 from nanogpt.evaluation import whole_split_loss
 from nanogpt.files import read_metrics
 
 RECIPE = dict(rope=True, qk_norm=True, mlp_activation='relu2', tie_weights=False, logit_softcap=10.0, zero_init_proj=True)
 RECIPE_ARGS = [f'--{k}={v}' for k, v in RECIPE.items()] + ['--optimizer=muon', '--muon_learning_rate=0.05']
-
-
-def tiny(**kw):
-    args = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=False)
-    args.update(kw)
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**args))
 
 
 def perturbed(model):
@@ -189,13 +180,6 @@ def test_whole_split_loss_is_every_token_once():
     assert loss == pytest.approx(total / n, abs=1e-6)
 
 
-def torchrun(project, *args):
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           *map(str, args)], cwd=project, env=script_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def test_recipe_end_to_end(project, tmp_path):
     """train.py with every technique: it learns, resumes exactly, samples with and without the KV
     cache alike, scores with benchmarks/evaluate.py, and two DDP ranks agree with one process."""
@@ -262,10 +246,8 @@ def test_recipe_refusals(project, tmp_path, monkeypatch):
                                    "rope=False, qk_norm=True as configured")
     saved = torch.load(tmp_path / 'out' / 'ckpt.pt', map_location='cpu', weights_only=True)
     assert saved['iter_num'] == 4 and saved['config']['rope'] is True and saved['config']['qk_norm'] is False
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           *train[:-2], f'--out_dir={tmp_path}/fsdp', '--fsdp=True', '--optimizer=muon',
-                           '--gradient_accumulation_steps=2'], cwd=project, env=script_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = torchrun(project, *train[:-2], f'--out_dir={tmp_path}/fsdp', '--fsdp=True', '--optimizer=muon',
+                    '--gradient_accumulation_steps=2', check=False)
     assert proc.returncode != 0
     assert proc.stderr.count("error: optimizer='muon' needs whole weight matrices on every process") == 1
 

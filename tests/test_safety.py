@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_cases, run_script, script_env
+from conftest import TINY, run_cases, run_script, script_env, torchrun
 from nanogpt.data import load_meta, write_dataset
 
 TRAIN = ['train.py', 'config/train_shakespeare_char.py', *TINY]
@@ -407,9 +407,7 @@ def test_two_runs_into_one_out_dir(project, tmp_path):
 def test_two_ranks_stop_together_when_the_out_dir_is_refused(project, bad):
     """Under torchrun only rank 0 claims out_dir; when it is refused, both ranks end at once (no rank
     left waiting), with the one line of rank 0 and no traceback or connection error from the other."""
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           *TRAIN, f'--out_dir={bad}/out', '--gradient_accumulation_steps=2'],
-                          cwd=project, env=script_env(), capture_output=True, text=True, timeout=300)
+    proc = torchrun(project, *TRAIN, f'--out_dir={bad}/out', '--gradient_accumulation_steps=2', check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
     assert errors == [f"error: {bad}/out already holds a run (ckpt.pt and metrics.jsonl); continue it with "

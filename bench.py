@@ -16,8 +16,8 @@ from nanogpt import ScriptError
 from nanogpt.checkpoint import init_model
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                            keep_freed_host_memory, memory_error, mfu, pick_device, pick_dtype, select_sdpa_backend,
-                            synchronize)
+                            bfloat16_reason, keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype,
+                            pick_device, pick_dtype, select_sdpa_backend, synchronize)
 from nanogpt.training import train_step
 
 # -----------------------------------------------------------------------------
@@ -40,7 +40,7 @@ gradient_accumulation_steps = 1
 grad_clip = 1.0  # as train.py's default, so the step timed is the step trained
 seed = 1337
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
-dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
+dtype = 'auto'  # 'auto', 'fast' (bfloat16 also on a CPU that has it natively), 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model
 compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
 sdpa_backend = 'auto'  # attention kernels on CUDA: 'auto', 'flash', 'cudnn', 'efficient' or 'math'
@@ -89,11 +89,14 @@ if error := memory_error(device, model_args, batch_size, block_size, dtype):  # 
 model, _ = init_model('scratch', '', dropout, model_args)
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type,
-                                       optimizer=optimizer)
+                                       optimizer=optimizer, muon_ns_dtype=orthogonalization_dtype(device))
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 flops_per_token = model.flops_per_token(block_size)
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M, tokens per iteration: {tokens_per_iter:,}")
+if device_type == 'cpu':  # CPU figures depend on these: bfloat16 is several times slower where it is emulated
+    print(f"cpu: {bfloat16_reason(device)}; torch's kernels: {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads")
 peak = device_peak_flops(device, dtype, peak_flops, warn=True)
 if compile:
     print("compiling the model...")

@@ -364,11 +364,11 @@ class GPT(nn.Module):
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True, optimizer='adamw',
-                             muon_learning_rate=0.02, muon_momentum=0.95):
+                             muon_learning_rate=0.02, muon_momentum=0.95, muon_ns_dtype=torch.bfloat16):
         """AdamW with weight decay on the 2-D tensors (matmul weights, embeddings) only; the fused
         kernel where this torch has one for the device. optimizer='muon' hands the 2-D weights inside
-        the blocks to torch.optim.Muon instead, at muon_learning_rate (with the same weight decay),
-        and keeps AdamW for the embeddings, lm_head, norms and biases."""
+        the blocks to Muon instead, at muon_learning_rate (with the same weight decay), orthogonalising
+        in muon_ns_dtype, and keeps AdamW for the embeddings, lm_head, norms and biases."""
         if optimizer not in ('adamw', 'muon'):
             raise ValueError(f"optimizer={optimizer!r}: use 'adamw' or 'muon'")
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
@@ -386,13 +386,10 @@ class GPT(nn.Module):
         adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
         if not muon:
             return adamw
-        if not hasattr(torch.optim, 'Muon'):
-            raise ValueError("optimizer='muon' needs torch>=2.9 (torch.optim.Muon)")
-        # lr_scale: train.py's schedule sets each group's lr to the scheduled learning_rate times it.
-        # adjust_lr_fn='original': updates scaled by sqrt(max(1, rows / cols)), as Keller Jordan's Muon does
-        return MuonAndAdamW(torch.optim.Muon([{'params': muon, 'lr_scale': muon_learning_rate / learning_rate}],
-                                             lr=muon_learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
-                                             adjust_lr_fn='original'), adamw)
+        # lr_scale: train.py's schedule sets each group's lr to the scheduled learning_rate times it
+        return MuonAndAdamW(Muon([{'params': muon, 'lr_scale': muon_learning_rate / learning_rate}],
+                                 lr=muon_learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
+                                 ns_dtype=muon_ns_dtype), adamw)
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
@@ -420,6 +417,56 @@ class GPT(nn.Module):
         """idx (b, t) of token ids, extended by max_new_tokens tokens. temperature 0 is greedy."""
         new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache))
         return torch.cat([idx] + new, dim=1)
+
+
+def orthogonalize(G, steps=5, dtype=torch.bfloat16, eps=1e-7):
+    """G with its singular values pushed toward 1 (an approximate U V^T of G's SVD, far cheaper): G
+    scaled to a Frobenius norm of 1, so that no singular value exceeds 1, then steps of the quintic
+    Newton-Schulz iteration X <- aX + (bA + cA^2)X, A = XX^T, whose coefficients raise small singular
+    values fast and leave the rest between about 0.7 and 1.13 (Keller Jordan's Muon; the same
+    coefficients, steps and normalisation as torch.optim.Muon). In dtype: bfloat16 where the device
+    computes it natively, float32 elsewhere (emulated bfloat16 is about 20x slower on such a CPU)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.to(dtype)
+    tall = G.size(0) > G.size(1)
+    if tall:  # XX^T is then the smaller of the two Gram matrices
+        X = X.T
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)
+        X = torch.addmm(X, B, X, beta=a)
+    return X.T if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Keller Jordan, 2024) for 2-D weights: Nesterov momentum, each update orthogonalised
+    (orthogonalize, in ns_dtype), decoupled weight decay, and the step scaled by sqrt(max(1, rows /
+    cols)). The update is torch.optim.Muon's with adjust_lr_fn='original', and so is the state
+    ('momentum_buffer' per weight), so checkpoints saved with torch's Muon resume here; torch's
+    orthogonalises in bfloat16 whatever the device, which a CPU without native bfloat16 emulates slowly."""
+
+    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                      ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, momentum = group['lr'], group['momentum']
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if 'momentum_buffer' not in state:
+                    state['momentum_buffer'] = torch.zeros_like(p.grad)
+                buf = state['momentum_buffer']
+                buf.lerp_(p.grad, 1 - momentum)  # an average of the gradients, weighted toward the recent
+                update = p.grad.lerp(buf, momentum) if group['nesterov'] else buf
+                update = orthogonalize(update, group['ns_steps'], self.ns_dtype)
+                p.mul_(1 - lr * group['weight_decay'])
+                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
 class MuonAndAdamW:

@@ -30,7 +30,8 @@ from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, init_
                                 shape_warning)
 from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                            keep_freed_host_memory, memory_error, mfu, pick_device, pick_dtype, select_sdpa_backend)
+                            keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype, pick_device, pick_dtype,
+                            select_sdpa_backend)
 from nanogpt.evaluation import hellaswag_accuracy, hellaswag_for_model
 from nanogpt.files import append_metrics, ckpt_path, claim_out_dir, metrics_path, trim_metrics
 from nanogpt.training import divergence, train_step
@@ -90,7 +91,8 @@ backend = 'auto'  # 'nccl', 'gloo', or 'auto': nccl on GPUs, gloo on CPUs
 fsdp = False  # shard parameters, gradients and optimizer state with FSDP2 (under torchrun)
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:0', 'mps'
-dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (the latter with a GradScaler)
+dtype = 'auto'  # 'auto' (float32 on a CPU, as upstream), 'fast' (also bfloat16 on a CPU that has it natively),
+# 'float32', 'bfloat16' or 'float16' (the latter with a GradScaler)
 compile = True  # torch.compile the model where that works here
 compile_mode = 'default'  # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
 sdpa_backend = 'auto'  # attention kernels on CUDA: 'auto', 'flash', 'cudnn', 'efficient' or 'math'
@@ -195,7 +197,8 @@ if fsdp:
 # from here on optimizer is the optimizer itself; the name configured stays in config['optimizer']
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
                                            verbose=master_process, optimizer=optimizer,
-                                           muon_learning_rate=muon_learning_rate, muon_momentum=muon_momentum)
+                                           muon_learning_rate=muon_learning_rate, muon_momentum=muon_momentum,
+                                           muon_ns_dtype=orthogonalization_dtype(device))
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint is not None:
     if fsdp:

@@ -43,5 +43,5 @@ cooldown_iters = 175
 min_lr = 0.0
 
 device = 'cpu'
-dtype = 'bfloat16'  # 1.7x faster per iteration than float32 here, the same loss within noise
+dtype = 'fast'  # bfloat16 where the CPU computes it natively (1.7x faster than float32 on a Zen 4), else float32
 compile = False  # compiling takes longer on a CPU than it saves in a run this short

@@ -5,6 +5,7 @@ autocast, synchronisation, torch.compile with a fallback, and the GPU peak-FLOPs
 
 import ctypes
 import os
+import platform
 import re
 import sys
 from contextlib import nullcontext
@@ -154,14 +155,20 @@ def cuda_has_bfloat16(device):
 
 def pick_dtype(device, requested):
     """'auto' picks bfloat16 on GPUs that have it natively, float16 (with a GradScaler) on older GPUs,
-    float32 elsewhere; an explicit choice is checked against what the device can do."""
+    float32 elsewhere, as upstream does; 'fast' also picks bfloat16 on a CPU that computes it natively,
+    and says which it picked and why. An explicit choice is checked against what the device can do."""
     kind = device.split(':')[0]
-    if requested in ('', 'auto'):
+    if requested in ('', 'auto', 'fast'):
         if kind == 'cuda':
             return 'bfloat16' if cuda_has_bfloat16(device) else 'float16'
-        return 'float32'
+        if requested != 'fast':
+            return 'float32'
+        picked = 'bfloat16' if native_bfloat16(device) else 'float32'
+        if int(os.environ.get('RANK', 0)) == 0:
+            print(f"dtype: {picked} (dtype='fast': {bfloat16_reason(device)})")
+        return picked
     if requested not in DTYPES:
-        raise ScriptError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
+        raise ScriptError(f"unknown dtype {requested!r}; use auto, fast, float32, bfloat16 or float16")
     if kind == 'cuda' and requested == 'bfloat16' and not cuda_has_bfloat16(device):
         name = torch.cuda.get_device_name(device)
         if not torch.cuda.is_bf16_supported():
@@ -170,9 +177,9 @@ def pick_dtype(device, requested):
               f"dtype=bfloat16 is likely slow here; dtype=float16 (with a GradScaler) is what auto picks", file=sys.stderr)
     if kind == 'cpu' and requested == 'float16':
         raise ScriptError("float16 training needs a GPU; on cpu use dtype=float32 or bfloat16")
-    if kind == 'cpu' and requested == 'bfloat16' and not cpu_has_fast_bfloat16():
-        print("warning: this CPU has no fast bfloat16 kernels in torch (they need AVX-512 or Arm's BF16), "
-              "so dtype=bfloat16 is likely slower than float32 here", file=sys.stderr)
+    if kind == 'cpu' and requested == 'bfloat16' and not cpu_has_native_bfloat16():
+        print(f"warning: {bfloat16_reason(device)}, so dtype=bfloat16 is likely several times slower than float32 "
+              f"here; dtype=fast picks what this CPU computes fastest", file=sys.stderr)
     if kind == 'mps' and requested == 'bfloat16':
         raise ScriptError("bfloat16 autocast is not supported on mps here; use dtype=float32")
     return requested
@@ -192,12 +199,69 @@ def keep_freed_host_memory():
     return bool(mallopt(M_MMAP_THRESHOLD, 64 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 512 << 20))
 
 
-def cpu_has_fast_bfloat16():
-    """Whether torch's oneDNN has native bfloat16 kernels for this CPU (else it emulates them, slowly)."""
+def cpu_name():
+    """The CPU's model name as the OS gives it ('AMD EPYC 9R14', ...), or the architecture."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the check: assume the best, say nothing
-        return True
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bfloat16_features():
+    """The instructions this CPU has for bfloat16 matmuls, by name (x86 only; [] where torch cannot tell)."""
+    checks = (('AVX-512-BF16', '_is_avx512_bf16_supported'), ('AMX', '_is_amx_tile_supported'))
+    return [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
+
+
+def cpu_has_native_bfloat16():
+    """Whether this CPU computes bfloat16 matmuls natively, and torch's oneDNN uses that: on x86, AVX-512-BF16
+    or AMX (Intel from Cooper Lake and Sapphire Rapids, AMD from Zen 4); on Arm, its BF16 extension. Without
+    them torch emulates bfloat16, several times slower than float32 (oneDNN's ONEDNN_MAX_CPU_ISA=AVX2
+    makes a CPU that has them behave as one without)."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):  # a torch without the check: only the instructions can tell
+        pass
+    if platform.machine().lower() in ('x86_64', 'amd64', 'i386', 'i686'):
+        return bool(cpu_bfloat16_features())
+    return True
+
+
+def native_bfloat16(device):
+    """Whether the device computes bfloat16 natively: then dtype='fast' trains in it."""
+    kind = device.split(':')[0]
+    if kind == 'cuda':
+        return cuda_has_bfloat16(device)
+    return kind == 'cpu' and cpu_has_native_bfloat16()
+
+
+def orthogonalization_dtype(device):
+    """What Muon orthogonalises its updates in on this device: bfloat16 where it is native, else float32
+    (torch.optim.Muon's bfloat16 everywhere made a step 8x slower on an AVX2-only CPU)."""
+    return torch.bfloat16 if native_bfloat16(device) else torch.float32
+
+
+def bfloat16_reason(device):
+    """Why the device computes bfloat16 natively or not, in words, for the log."""
+    kind = device.split(':')[0]
+    if kind == 'cuda':
+        name = torch.cuda.get_device_name(device)
+        return f"this GPU ({name}) {'computes' if cuda_has_bfloat16(device) else 'emulates'} bfloat16"
+    if kind != 'cpu':
+        return f"{device} has no bfloat16 autocast here"
+    if cpu_has_native_bfloat16():
+        features = ' and '.join(cpu_bfloat16_features()) or "its BF16 extension"
+        return f"this CPU ({cpu_name()}) computes bfloat16 natively, with {features}"
+    if cpu_bfloat16_features():  # the instructions are there, and oneDNN was told not to use them
+        return (f"this CPU ({cpu_name()}) has {' and '.join(cpu_bfloat16_features())}, but oneDNN is capped below "
+                f"them (ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '?')}), so torch emulates bfloat16")
+    return (f"this CPU ({cpu_name()}) has no native bfloat16 (AVX-512-BF16 or AMX on x86, BF16 on Arm), "
+            f"only torch's emulation")
 
 
 def autocast(device, dtype):

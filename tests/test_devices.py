@@ -1,6 +1,13 @@
+import os
+import platform
 import re
+import subprocess
+import sys
 
 import pytest
+import torch
+
+from conftest import REPO
 
 from nanogpt.device import (cuda_graphs_accumulation_error, device_peak_flops, format_mfu, mfu, peak_flops, pick_device,
                      pick_dtype)
@@ -131,10 +138,31 @@ def test_cuda_graphs_refuse_gradient_accumulation(device, compile, mode, micro_s
 
 def test_cpu_bfloat16_warns_only_where_torch_emulates_it(monkeypatch, capsys):
     from nanogpt import device
-    for fast, warned in ((True, False), (False, True)):
-        monkeypatch.setattr(device, 'cpu_has_fast_bfloat16', lambda: fast)
+    for native, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(device, 'cpu_has_native_bfloat16', lambda: native)
         assert pick_dtype('cpu', 'bfloat16') == 'bfloat16'
-        assert ('likely slower than float32' in capsys.readouterr().err) == warned
+        assert ('likely several times slower than float32' in capsys.readouterr().err) == warned
+
+
+def test_fast_dtype_is_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch, capsys):
+    from nanogpt import device
+    for native, picked in ((True, 'bfloat16'), (False, 'float32')):
+        monkeypatch.setattr(device, 'cpu_has_native_bfloat16', lambda: native)
+        assert pick_dtype('cpu', 'fast') == picked
+        assert device.orthogonalization_dtype('cpu') == getattr(torch, picked)  # Muon's Newton-Schulz too
+        out = capsys.readouterr().out
+        assert out.startswith(f"dtype: {picked} (dtype='fast': this CPU (") and out.count('\n') == 1
+        assert ('computes bfloat16 natively' in out) == native
+    assert pick_dtype('cpu', 'auto') == 'float32'  # auto stays upstream's choice on a CPU
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason="oneDNN's ISA cap is x86's")
+def test_fast_dtype_is_float32_on_a_cpu_without_native_bfloat16():
+    # oneDNN capped at AVX2 is the CPU of most laptops: whatever this machine has, bfloat16 is emulated there
+    code = "from nanogpt.device import pick_dtype, orthogonalization_dtype; print(pick_dtype('cpu', 'fast'), orthogonalization_dtype('cpu'))"
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, ONEDNN_MAX_CPU_ISA='AVX2')).stdout
+    assert out.splitlines()[-1] == 'float32 torch.float32' and "dtype='fast'" in out
 
 
 def test_keep_freed_host_memory_stops_page_faults_in_training_steps():

@@ -420,23 +420,24 @@ class GPT(nn.Module):
 
 
 def orthogonalize(G, steps=5, dtype=torch.bfloat16, eps=1e-7):
-    """G with its singular values pushed toward 1 (an approximate U V^T of G's SVD, far cheaper): G
-    scaled to a Frobenius norm of 1, so that no singular value exceeds 1, then steps of the quintic
-    Newton-Schulz iteration X <- aX + (bA + cA^2)X, A = XX^T, whose coefficients raise small singular
-    values fast and leave the rest between about 0.7 and 1.13 (Keller Jordan's Muon; the same
-    coefficients, steps and normalisation as torch.optim.Muon). In dtype: bfloat16 where the device
-    computes it natively, float32 elsewhere (emulated bfloat16 is about 20x slower on such a CPU)."""
+    """G (a matrix, or a stack of matrices of one shape) with its singular values pushed toward 1 (an
+    approximate U V^T of G's SVD, far cheaper): G scaled to a Frobenius norm of 1, so that no singular
+    value exceeds 1, then steps of the quintic Newton-Schulz iteration X <- aX + (bA + cA^2)X, A = XX^T,
+    whose coefficients raise small singular values fast and leave the rest between about 0.7 and 1.13
+    (Keller Jordan's Muon; the same coefficients, steps and normalisation as torch.optim.Muon). In
+    dtype: bfloat16 where the device computes it natively, float32 elsewhere (emulated bfloat16 is
+    about 20x slower on such a CPU)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.to(dtype)
-    tall = G.size(0) > G.size(1)
+    X = G.to(dtype).reshape(-1, *G.shape[-2:])  # a stack: one batched product for all its matrices
+    tall = G.size(-2) > G.size(-1)
     if tall:  # XX^T is then the smaller of the two Gram matrices
-        X = X.T
-    X = X / X.norm().clamp(min=eps)
+        X = X.mT
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        A = X @ X.T
-        B = torch.addmm(A, A, A, beta=b, alpha=c)
-        X = torch.addmm(X, B, X, beta=a)
-    return X.T if tall else X
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    return (X.mT if tall else X).reshape(G.shape)
 
 
 class Muon(torch.optim.Optimizer):
@@ -444,7 +445,8 @@ class Muon(torch.optim.Optimizer):
     (orthogonalize, in ns_dtype), decoupled weight decay, and the step scaled by sqrt(max(1, rows /
     cols)). The update is torch.optim.Muon's with adjust_lr_fn='original', and so is the state
     ('momentum_buffer' per weight), so checkpoints saved with torch's Muon resume here; torch's
-    orthogonalises in bfloat16 whatever the device, which a CPU without native bfloat16 emulates slowly."""
+    orthogonalises in bfloat16 whatever the device, which a CPU without native bfloat16 emulates slowly.
+    The weights of one shape (the same layer of every block) are orthogonalised together, as one stack."""
 
     def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
@@ -455,18 +457,23 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             lr, momentum = group['lr'], group['momentum']
+            by_shape = {}
             for p in group['params']:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if 'momentum_buffer' not in state:
-                    state['momentum_buffer'] = torch.zeros_like(p.grad)
-                buf = state['momentum_buffer']
-                buf.lerp_(p.grad, 1 - momentum)  # an average of the gradients, weighted toward the recent
-                update = p.grad.lerp(buf, momentum) if group['nesterov'] else buf
-                update = orthogonalize(update, group['ns_steps'], self.ns_dtype)
-                p.mul_(1 - lr * group['weight_decay'])
-                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for params in by_shape.values():
+                updates = []
+                for p in params:
+                    state = self.state[p]
+                    if 'momentum_buffer' not in state:
+                        state['momentum_buffer'] = torch.zeros_like(p.grad)
+                    buf = state['momentum_buffer']
+                    buf.lerp_(p.grad, 1 - momentum)  # an average of the gradients, weighted toward the recent
+                    updates.append(p.grad.lerp(buf, momentum) if group['nesterov'] else buf)
+                updates = orthogonalize(torch.stack(updates), group['ns_steps'], self.ns_dtype)
+                for p, update in zip(params, updates):
+                    p.mul_(1 - lr * group['weight_decay'])
+                    p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
 class MuonAndAdamW:

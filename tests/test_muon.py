@@ -97,3 +97,15 @@ def test_bfloat16_muon_agrees_with_torch_muon_within_bfloat16_rounding(shape):
     torch_opt.param_groups[0]['params'][0].grad = grads[0].clone()
     torch_opt.step()
     assert (p.detach() - torch_opt.param_groups[0]['params'][0].detach()).abs().max() <= lr * scale * 1.5 * 2 ** -8
+
+
+def test_weights_of_one_shape_are_orthogonalised_together_and_each_as_alone():
+    cases = [random_case(shape, steps=3, seed=seed) for seed, shape in enumerate([(16, 64), (48, 16), (16, 64), (48, 16)])]
+    params = [torch.nn.Parameter(param.clone()) for param, _ in cases]
+    opt = Muon(params, lr=0.05, momentum=0.9, weight_decay=0.1, ns_dtype=torch.float32)
+    for step in range(3):
+        for p, (_, grads) in zip(params, cases):
+            p.grad = grads[step].clone()
+        opt.step()
+    for p, (param, grads) in zip(params, cases):
+        assert (p.detach().double() - reference_muon(param, grads, 0.05, 0.9, 0.1)).abs().max() < 0.05 * 1e-4

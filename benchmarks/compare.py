@@ -9,8 +9,11 @@ $ python benchmarks/compare.py --device=cpu [--upstream=../nanoGPT] [--rounds=3]
 Time to the same loss on the CPU: config/speedrun_shakespeare_char_cpu.py against upstream's CPU run,
 both whole commands, their final models scored on the whole val split; with --ablation, the recipe
 again with each technique switched in turn (off where the recipe has it, on where it left it out);
-with --plot, val loss against wall time.
-$ python benchmarks/compare.py --device=cpu --speedrun=True --upstream=../nanoGPT --rounds=3 [--ablation=all] [--plot=docs/speedrun_cpu.png]
+with --plot, val loss against wall time; with --previous, the speedrun config of an earlier checkout of this toolkit
+as one more row. Each round gives our runs their own seed; the recipe's rounds are checked against the target, the
+whole-split loss of upstream's own run (1.898). On a CPU with native bfloat16, ONEDNN_MAX_CPU_ISA=AVX2 (with
+ATEN_CPU_CAPABILITY=avx2) makes every run behave as on a CPU without it.
+$ python benchmarks/compare.py --device=cpu --speedrun=True --upstream=../nanoGPT --rounds=3 [--ablation=all] [--plot=docs/speedrun_cpu.png] [--previous=../old]
 
 GPU: first a check of the attention kernels (config/train_shakespeare_char.py, 500 iterations, with
 sdpa_backend=flash and with auto: the same seed should give the same val loss); then bench.py on
@@ -49,6 +52,7 @@ e2e_compile_modes = 'default,reduce-overhead'  # GPU: our end-to-end runs
 attention_check_iters = 500  # GPU: iterations of the flash-against-auto check; 0 skips it
 speedrun = False  # CPU: time to the same loss, config/speedrun_shakespeare_char_cpu.py against upstream's CPU run
 ablation = ''  # with speedrun: the recipe again with each of these techniques switched in turn: 'all', or e.g. 'rope,optimizer'
+previous = ''  # with speedrun: a checkout of this toolkit at an earlier commit, whose speedrun config runs as one more row
 plot = ''  # with speedrun: where to draw val loss against wall time (a .png), '' for no picture
 log_dir = 'bench_results'  # every run's output goes here
 # -----------------------------------------------------------------------------
@@ -65,6 +69,7 @@ UPSTREAM_CPU_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--comp
 UPSTREAM_FILES = ('train.py', 'model.py', 'bench.py', 'configurator.py', os.path.join('config', 'train_shakespeare_char.py'))
 DATA = os.path.join(ROOT, 'data', 'shakespeare_char')
 SPEEDRUN_CPU = 'config/speedrun_shakespeare_char_cpu.py'
+SPEEDRUN_TARGET = 1.898  # upstream's own CPU run, its final model scored on the whole val split: the loss to reach
 # each technique of the modern recipe: the value that turns it off (upstream's), and one that turns it on
 TECHNIQUES = {'rope': (False, True), 'qk_norm': (False, True), 'mlp_activation': ('gelu', 'relu2'),
               'tie_weights': (True, False), 'logit_softcap': (0.0, 15.0), 'zero_init_proj': (False, True),
@@ -85,9 +90,11 @@ def check_inputs():
     unknown = set(ablation.split(',')) - set(TECHNIQUES) - {'', 'all'}
     if unknown:
         raise ScriptError(f"ablation: no technique {', '.join(sorted(unknown))}; use 'all' or some of {', '.join(TECHNIQUES)}")
-    if (speedrun or ablation or plot) and (device != 'cpu' or not upstream):
-        raise ScriptError("speedrun, ablation and plot compare with upstream on the CPU: give --device=cpu "
+    if (speedrun or ablation or plot or previous) and (device != 'cpu' or not upstream):
+        raise ScriptError("speedrun, ablation, plot and previous compare with upstream on the CPU: give --device=cpu "
                           "--speedrun=True --upstream=PATH")
+    if previous and not os.path.isfile(os.path.join(previous, SPEEDRUN_CPU)):
+        raise ScriptError(f"previous={previous!r} is not a checkout of this toolkit with {SPEEDRUN_CPU}")
     if not os.path.exists(os.path.join(DATA, 'train.bin')) and not os.path.exists(os.path.join(DATA, 'input.txt')):
         raise ScriptError(f"{os.path.join(DATA, 'input.txt')} is missing (the project ships it: git checkout -- "
                           f"data/shakespeare_char/input.txt), and the data is not prepared either")
@@ -191,6 +198,10 @@ def cpu_comparison():
         # always_save_checkpoint: the checkpoint then holds the final model, for the whole-split loss
         runs['upstream nanoGPT'] = ([sys.executable, 'train.py', *UPSTREAM_CPU_ARGS, '--out_dir=out-compare',
                                      '--always_save_checkpoint=True', *iters], upstream, os.path.join(upstream, 'out-compare'))
+    if previous:  # the earlier commit's recipe, run in its own checkout, its checkpoint scored here
+        out = os.path.abspath(os.path.join(log_dir, 'out-cpu-previous'))
+        runs[f'previous recipe ({previous})'] = ([sys.executable, 'train.py', SPEEDRUN_CPU, f'--out_dir={out}',
+                                                   '--always_save_checkpoint=True', *iters], previous, out)
     for i, (name, args) in enumerate(ours.items()):
         out = os.path.abspath(os.path.join(log_dir, f'out-cpu-{i}'))  # train.py runs in ROOT
         runs[name] = ([sys.executable, 'train.py', *args, f'--out_dir={out}', '--always_save_checkpoint=True', *iters],
@@ -200,7 +211,7 @@ def cpu_comparison():
     for r in range(rounds):  # interleaved, so slow spells of a shared machine hit every run alike
         for i, (name, (cmd, cwd, out)) in enumerate(runs.items()):
             fresh_out_dir(out)
-            if speedrun and cwd == ROOT:  # a seed per round: the loss of a recipe varies by about 0.016 with it
+            if speedrun and cwd != upstream:  # a seed per round: the loss of a recipe varies by about 0.016 with it
                 cmd = cmd + [f'--seed={1337 + r}']
             timeline = timelines.setdefault(name, []) if r == 0 else None
             result = train_summary(*run(f"cpu-{i}-{r}", cmd, cwd, timeline))
@@ -219,6 +230,13 @@ def cpu_comparison():
         table(f"CPU: time to the same loss, {SPEEDRUN_CPU} against upstream's README CPU run (medians of {rounds} "
               f"round(s), ours with seeds 1337 to {1336 + rounds}; whole val split: every token of val.bin)",
               ['run', 'total s', 'whole val split', 'faster in total', 'loss vs recipe', 's vs recipe'], rows)
+        table("Each round", ['run', 'round', 'seed', 'total s', 'whole val split', 'faster than upstream'],
+              [[name, str(r + 1), '-' if name == 'upstream nanoGPT' else str(1337 + r), f"{x['total']:.1f}",
+                f"{x['whole_val']:.4f}", f"{base['total'] / x['total']:.2f}x"]
+               for name, res in results.items() for r, x in enumerate(res)])
+        reached = sum(x['whole_val'] <= SPEEDRUN_TARGET for x in results['this toolkit, speedrun recipe'])
+        print(f"\ntarget: a whole-split val loss of at most {SPEEDRUN_TARGET} (upstream's own): the recipe reached it in "
+              f"{reached} of {rounds} round(s)")
         if plot:  # the recipe once more, evaluated every 25 iterations so that its curve shows (slower for it)
             out = os.path.abspath(os.path.join(log_dir, 'out-cpu-curve'))
             fresh_out_dir(out)
@@ -327,6 +345,11 @@ def gpu_comparison():
 
 
 check_inputs()
+if device == 'cpu':  # CPU figures depend on these: bfloat16 is several times slower where it is emulated
+    from nanogpt.device import bfloat16_reason
+    import torch
+    print(f"cpu: {bfloat16_reason('cpu')}; torch {torch.__version__}, kernels {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads")
 if not upstream:
     print("no --upstream: upstream's rows are its figures recorded earlier, marked 'recorded'")
 os.makedirs(log_dir, exist_ok=True)

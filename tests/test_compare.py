@@ -48,7 +48,8 @@ def test_time_to_loss_with_ablation_and_plot(tmp_path):
                       '--ablation=optimizer', f'--plot={picture}')
     lines = proc.stdout.splitlines()
     title = next(i for i, line in enumerate(lines) if line.startswith('CPU: time to the same loss'))
-    rows = [line.strip('| ').split(' | ') for line in lines[title + 3:] if line.startswith('| ')]
+    end = lines.index('', title)
+    rows = [line.strip('| ').split(' | ') for line in lines[title + 3:end]]
     names = [r[0] for r in rows]
     assert names == ['upstream nanoGPT', 'this toolkit, speedrun recipe', "recipe without optimizer='muon'"]
     recipe = rows[1]
@@ -56,3 +57,11 @@ def test_time_to_loss_with_ablation_and_plot(tmp_path):
     assert all(1.0 < float(r[2]) < 5.0 for r in rows)  # whole-split losses of barely trained models
     assert rows[2][2] != recipe[2] and rows[2][4] != '+0.0000'  # AdamW instead of Muon: another model
     assert picture.read_bytes().startswith(b'\x89PNG') and f'wrote {picture}' in lines
+    # each round on its own, with its seed, and whether the recipe reached upstream's loss
+    each = lines.index('Each round')
+    rounds = [line.strip('| ').split(' | ') for line in lines[each + 3:each + 6]]
+    assert [r[:3] for r in rounds] == [['upstream nanoGPT', '1', '-'], ['this toolkit, speedrun recipe', '1', '1337'],
+                                       ["recipe without optimizer='muon'", '1', '1337']]
+    assert [r[4] for r in rounds] == [r[2] for r in rows]  # one round: its losses are the medians
+    assert "target: a whole-split val loss of at most 1.898 (upstream's own): the recipe reached it in 0 of 1 round(s)" in lines
+    assert any(line.startswith('cpu: this CPU (') and 'bfloat16' in line for line in lines)

@@ -276,9 +276,11 @@ def estimate_loss(it):
             for i in range(n_local):
                 k = rank + i * world_size
                 if split == 'val' and fixed_val_set:
-                    X, Y = get_ordered_batch(data, batch_size, block_size, k % eval_iters * batch_size, vocab_size, device)
+                    X, Y = get_ordered_batch(data, batch_size, block_size, k % eval_iters * batch_size, vocab_size,
+                                             device)
                 else:
-                    X, Y = get_batch(data, batch_size, block_size, (seed, SEED_EVAL_BATCHES, it, s, k), vocab_size, device)
+                    X, Y = get_batch(data, batch_size, block_size, (seed, SEED_EVAL_BATCHES, it, s, k), vocab_size,
+                                     device)
                 with ctx:
                     _, loss = model(X, Y)
                 if k < eval_iters or not (split == 'val' and fixed_val_set):

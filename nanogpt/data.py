@@ -89,8 +89,10 @@ def check_meta(meta, path):
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
         raise ScriptError(f"{path} says vocab_size={short(vocab_size)}, not a positive int; prepare the dataset again")
     files = meta.get('files', {})
-    if not (isinstance(files, dict) and all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in files.items())):
-        raise ScriptError(f"{path} lists its files in a form other than file name -> token count; prepare the dataset again")
+    if not (isinstance(files, dict) and all(isinstance(k, str) and type(v) is int and v >= 0
+                                            for k, v in files.items())):
+        raise ScriptError(f"{path} lists its files in a form other than file name -> token count; prepare the "
+                          f"dataset again")
     if 'stoi' in meta or 'itos' in meta:
         stoi, itos = meta.get('stoi'), meta.get('itos')
         if not (isinstance(stoi, dict) and isinstance(itos, dict)
@@ -137,7 +139,8 @@ def split_files(data_dir, split):
     return [os.path.join(data_dir, name) for _, name in numbered]
 
 
-NPY_SHARD = re.compile(r'(.+)_(train|val)_(\d+)\.npy')  # build-nanogpt's: edufineweb_val_000000.npy, edufineweb_train_000001.npy
+# build-nanogpt's shards: edufineweb_val_000000.npy, edufineweb_train_000001.npy, ...
+NPY_SHARD = re.compile(r'(.+)_(train|val)_(\d+)\.npy')
 
 
 def npy_shards(data_dir, split):

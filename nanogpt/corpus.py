@@ -53,9 +53,15 @@ def hub_subsets(folder, files):
 
 def import_pyarrow_parquet():
     try:
+        import pyarrow
         import pyarrow.parquet
     except ImportError:
         raise ScriptError("reading Parquet files needs pyarrow: pip install pyarrow")
+    try:  # memory that pyarrow frees goes back to the system at once (its default allocator keeps it)
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+        pyarrow.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+        pass
     return pyarrow.parquet
 
 
@@ -106,7 +112,9 @@ def read_texts(kind, files, skip=0):
                 skip -= n
                 continue
             try:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=['text']):
+                # read as a stream, a page at a time, not a row group's column at once (row groups can be large)
+                parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+                for batch in parquet.iter_batches(batch_size=1024, columns=['text']):
                     texts = batch.column(0).to_pylist()
                     if skip >= len(texts):
                         skip -= len(texts)

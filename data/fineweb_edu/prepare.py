@@ -18,6 +18,7 @@ last complete shard: each shard is written whole or not at all. Offline, tiktoke
 set NANOGPT_GPT2_BPE to a local gpt2.tiktoken. meta.pkl lists the shards with their token counts once
 the last is written; train.py checks the shards against it.
 """
+import importlib.util
 import multiprocessing
 import os
 import pickle
@@ -49,8 +50,12 @@ num_proc = cores()  # tokenizing worker processes: one per core (this process re
 # -----------------------------------------------------------------------------
 
 
-def hub_texts(datasets, skip):
-    """The texts of the hub's subset in the hub's order, the first `skip` passed over."""
+def hub_texts(skip):
+    """The texts of the hub's subset in the hub's order, the first `skip` passed over. Run in the pool's
+    thread: datasets is imported after the workers have forked, which then stay lean."""
+    import datasets
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()  # they would surround an error line in a log
     try:
         docs = datasets.load_dataset(repo, name=subset, split='train', streaming=streaming,
                                      **({} if streaming else {'num_proc': num_proc}))
@@ -88,13 +93,9 @@ if __name__ == '__main__':
             if kind == 'parquet':
                 check_parquet(files)
         else:
-            try:
-                import datasets
-            except ImportError:
+            if importlib.util.find_spec('datasets') is None:
                 raise ScriptError("reading FineWeb-Edu from the hub needs the datasets package: pip install datasets "
                                   "(or give --source=DIR, a folder of .parquet or .jsonl files)")
-            if not sys.stderr.isatty():
-                datasets.disable_progress_bars()  # they would surround an error line in a log
         worker_encoding()  # fails now, not in the workers, if the BPE cannot be had; forked workers inherit it
 
         # what an earlier run left: its settings in meta.pkl, its complete shards
@@ -127,7 +128,7 @@ if __name__ == '__main__':
             skip, drop = resume_point(done, GPT2_EOT_TOKEN) if done else (0, 0)
             if done:
                 print(f"continuing after {len(done)} complete shards: passing over {skip:,} documents")
-            texts = read_texts(kind, files, skip) if source else hub_texts(datasets, skip)
+            texts = read_texts(kind, files, skip) if source else hub_texts(skip)
             filled = 0  # tokens in the shard being written
             t0 = time.time()
             # a progress bar on a terminal; a line per shard either way, for logs

@@ -101,6 +101,17 @@ def json_lines(lines, where, expected):
         yield number, item
 
 
+def batch_texts(batches, skip=0):
+    """The 'text' column of Arrow record batches, row after row, the first `skip` rows passed over (a null
+    is an empty text)."""
+    for batch in batches:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield from (text or '' for text in batch.column('text').to_pylist()[skip:])
+        skip = 0
+
+
 def read_texts(kind, files, skip=0):
     """The documents' texts, file after file, passing over the first `skip` of them (whole Parquet
     files by their row counts, without reading them). A file that turns out unreadable, or a JSONL
@@ -114,14 +125,8 @@ def read_texts(kind, files, skip=0):
             try:
                 # read as a stream, a page at a time, not a row group's column at once (row groups can be large)
                 parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-                for batch in parquet.iter_batches(batch_size=1024, columns=['text']):
-                    texts = batch.column(0).to_pylist()
-                    if skip >= len(texts):
-                        skip -= len(texts)
-                        continue
-                    for text in texts[skip:]:
-                        yield text or ''
-                    skip = 0
+                yield from batch_texts(parquet.iter_batches(batch_size=1024, columns=['text']), skip)
+                skip = 0
             except ScriptError:
                 raise
             except Exception as e:

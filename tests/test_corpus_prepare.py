@@ -288,7 +288,15 @@ def test_fineweb_through_the_hub_loader_on_a_local_copy(prepared, gpt2_bpe, tmp_
     env = hf_env(tmp_path)
     fineweb(project, f'--repo={repo}', f'--dataset={tmp_path / "cached"}', env=env)
     assert_shards(tmp_path / 'cached', stream)
-    assert pickle.loads((tmp_path / 'cached' / 'meta.pkl').read_bytes())['source'] == f"{repo} sample-10BT"
+    meta = pickle.loads((tmp_path / 'cached' / 'meta.pkl').read_bytes())
+    assert meta['source'] == f"{repo} sample-10BT"
+    # interrupted after 6 shards: the resumed run passes over the documents written, in datasets' cache
+    for name in shard_files(tmp_path / 'cached')[6:]:
+        (tmp_path / 'cached' / name).unlink()
+    (tmp_path / 'cached' / 'meta.pkl').write_bytes(pickle.dumps(dict(meta, complete=False)))
+    assert 'continuing after 6 complete shards' in fineweb(project, f'--repo={repo}', f'--dataset={tmp_path / "cached"}',
+                                                          env=env).stdout
+    assert_shards(tmp_path / 'cached', stream)
     # streamed, and interrupted after 4 shards: the resumed run passes over the documents already written
     streamed = tmp_path / 'streamed'
     fineweb(project, f'--repo={repo}', f'--dataset={streamed}', '--streaming=True', env=env)

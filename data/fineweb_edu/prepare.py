@@ -31,9 +31,9 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from configurator import configure  # noqa: E402
 from nanogpt import ScriptError  # noqa: E402
-from nanogpt.corpus import (check_parquet, cores, corpus_files, ctrl_c_ends_with, existing_shards,  # noqa: E402
-                            gpt2_documents, hub_subsets, ignore_ctrl_c, read_texts, resume_point, shard_name,
-                            worker_encoding)
+from nanogpt.corpus import (batch_texts, check_parquet, cores, corpus_files, ctrl_c_ends_with,  # noqa: E402
+                            existing_shards, gpt2_documents, hub_subsets, ignore_ctrl_c, read_texts, resume_point,
+                            shard_name, worker_encoding)
 from nanogpt.data import GPT2_EOT_TOKEN, PADDED_GPT2_VOCAB_SIZE, dataset_dir, load_meta, write_tokens  # noqa: E402
 from nanogpt.files import atomic_write  # noqa: E402
 
@@ -65,10 +65,16 @@ def hub_texts(skip):
                           f"--source=DIR or --repo=a local copy")
     if streaming:
         yield from (row['text'] for row in docs.skip(skip))
+    elif docs.cache_files:  # datasets' Arrow files, read as streams: memory-mapped, the pages read would stay resident
+        import pyarrow as pa
+
+        def batches():
+            for cache in docs.cache_files:
+                with pa.OSFile(cache['filename']) as f:
+                    yield from pa.ipc.open_stream(f)
+        yield from batch_texts(batches(), skip)
     else:
-        texts = docs.select_columns(['text'])
-        for batch in (texts.skip(skip) if skip else texts).iter(batch_size=1024):  # skip maps every row's index
-            yield from batch['text']
+        yield from batch_texts(docs.select_columns(['text']).data.to_batches(), skip)
 
 
 def interrupted():

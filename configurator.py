@@ -59,6 +59,7 @@ RULES = {
     'compile_mode': (lambda v: v in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'),
                      "'default', 'reduce-overhead', 'max-autotune' or 'max-autotune-no-cudagraphs'"),
     'split': (lambda v: v in ('train', 'val'), "'train' or 'val'"),
+    'data_order': (lambda v: v in ('random', 'sequential'), "'random' or 'sequential'"),
 }
 TRUE_WORDS, FALSE_WORDS = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 

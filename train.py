@@ -28,7 +28,8 @@ from configurator import configure
 from nanogpt import ScriptError, distributed
 from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, init_model, planned_model, save_checkpoint,
                                 shape_warning)
-from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, load_meta, open_split
+from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, get_ordered_batch, load_meta, open_split,
+                          row_count, short)
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
                             keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype, pick_device, pick_dtype,
                             select_sdpa_backend)
@@ -57,6 +58,8 @@ dataset = 'openwebtext'  # data/<dataset>/ with train.bin, val.bin (or shards tr
 gradient_accumulation_steps = 5 * 8  # micro-steps per iteration, to simulate larger batches
 batch_size = 12  # micro-batch size
 block_size = 1024  # context length
+data_order = 'random'  # 'random': windows drawn anywhere in the split (upstream's); 'sequential': the split read in order, one epoch after another
+fixed_val_set = False  # True: every evaluation's val loss is over the same first eval_iters x batch_size rows of the val split
 # model
 n_layer = 12
 n_head = 12
@@ -153,11 +156,19 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
                   mlp_activation=mlp_activation, tie_weights=tie_weights, logit_softcap=logit_softcap,
                   zero_init_proj=zero_init_proj)
 planned, checkpoint = planned_model(init_from, out_dir, model_args)
+if checkpoint is not None and 'train_row' in checkpoint and not (type(checkpoint['train_row']) is int
+                                                                 and checkpoint['train_row'] >= 0):
+    raise ScriptError(f"{out_dir}'s checkpoint holds train_row={short(checkpoint['train_row'])}, not a row number; "
+                      f"it is damaged")
 if planned is not None and init_from != 'scratch':
     check_start(planned, checkpoint, block_size, meta, dataset, optimizer)
 vocab_size = (planned or model_args)['vocab_size']
 train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
+if fixed_val_set and row_count(val_data, block_size) < eval_iters * batch_size:
+    raise ScriptError(f"fixed_val_set=True evaluates on the first eval_iters x batch_size = {eval_iters * batch_size} "
+                      f"rows of {block_size + 1} tokens of the val split, which has {row_count(val_data, block_size)}; "
+                      f"lower eval_iters")
 if planned is not None and (error := memory_error(device, planned, batch_size, block_size, dtype, train=not eval_only,
                                                   shards=world_size if fsdp else 1)):
     raise ScriptError(error)
@@ -178,6 +189,20 @@ if checkpoint is not None:
     iter_num = int(checkpoint['iter_num'])
     best_val_loss = float(checkpoint['best_val_loss'])
     last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
+# data_order='sequential': iteration it reads the rows_per_iter rows of the training split from
+# train_row(it) on (counted past the end: epoch after epoch), micro-batch k of the iteration (numbered
+# across the ranks) the batch_size rows from train_row(it) + k * batch_size. A checkpoint saves where
+# its next iteration starts, so a resume continues there even with another batch_size.
+rows_per_iter = gradient_accumulation_steps * world_size * batch_size
+start_iter, start_row = iter_num, iter_num * rows_per_iter
+if checkpoint is not None and 'train_row' in checkpoint:
+    start_row = checkpoint['train_row']
+
+
+def train_row(it):
+    return start_row + (it - start_iter) * rows_per_iter
+
+
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)  # e.g. GPT-2's 1024 down to a smaller context
 model_args = {k: getattr(model.config, k) for k in (*model_args, 'dropout')}  # what the checkpoint records
@@ -226,8 +251,10 @@ SEED_TRAIN_BATCHES, SEED_EVAL_BATCHES, SEED_DROPOUT = 0, 1, 2
 
 def batch(it, micro_step):
     """The training batch of a micro-step of iteration it, on the device."""
-    return get_batch(train_data, batch_size, block_size,
-                     (seed, SEED_TRAIN_BATCHES, it, rank * gradient_accumulation_steps + micro_step), vocab_size, device)
+    k = rank * gradient_accumulation_steps + micro_step
+    if data_order == 'sequential':
+        return get_ordered_batch(train_data, batch_size, block_size, train_row(it) + k * batch_size, vocab_size, device)
+    return get_batch(train_data, batch_size, block_size, (seed, SEED_TRAIN_BATCHES, it, k), vocab_size, device)
 
 
 def seed_dropout(it, micro_step):
@@ -237,8 +264,10 @@ def seed_dropout(it, micro_step):
 
 
 def estimate_loss(it):
-    """Mean loss over eval_iters batches of each split. The batches are shared out among the ranks
-    (every rank works) and the sums are all-reduced; the host waits for the device once per split."""
+    """Mean loss over eval_iters batches of each split: random ones, or for val with fixed_val_set the
+    first eval_iters x batch_size rows of the split read in order. The batches are shared out among
+    the ranks (every rank works; a rank left without a batch of the fixed set computes one that is not
+    counted) and the sums are all-reduced; the host waits for the device once per split."""
     out = {}
     model.eval()
     n_local = -(-eval_iters // world_size)  # equal counts on every rank, as FSDP's collectives need
@@ -248,11 +277,17 @@ def estimate_loss(it):
         for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
             total = torch.zeros(2, device=device)
             for i in range(n_local):
-                X, Y = get_batch(data, batch_size, block_size, (seed, SEED_EVAL_BATCHES, it, s, rank + i * world_size),
-                                 vocab_size, device)
+                k = rank + i * world_size
+                if split == 'val' and fixed_val_set:
+                    X, Y = get_ordered_batch(data, batch_size, block_size, k % eval_iters * batch_size, vocab_size,
+                                             device)
+                else:
+                    X, Y = get_batch(data, batch_size, block_size, (seed, SEED_EVAL_BATCHES, it, s, k), vocab_size,
+                                     device)
                 with ctx:
                     _, loss = model(X, Y)
-                total += torch.stack((loss.float(), torch.ones((), device=device)))
+                if k < eval_iters or not (split == 'val' and fixed_val_set):
+                    total += torch.stack((loss.float(), torch.ones((), device=device)))
             loss_sum, count = distributed.all_reduce_sum(total).tolist()
             out[split] = loss_sum / count
     model.train()
@@ -291,6 +326,7 @@ def write_checkpoint(resume_at, evaluated_at):
         'iter_num': resume_at,
         'best_val_loss': best_val_loss,
         'last_eval_iter': evaluated_at,
+        'train_row': train_row(resume_at),  # where data_order='sequential' continues
         'config': config,
     })
     return time.time() - t0
@@ -362,6 +398,11 @@ def read_device_stats():
 # training loop
 if iter_num >= max_iters and not eval_only and master_process:
     print(f"the checkpoint is at iteration {iter_num}, max_iters={max_iters}: nothing to train; raise max_iters to go on")
+if data_order == 'sequential' and master_process:
+    rows = row_count(train_data, block_size)
+    print(f"reading the training split in order: {rows:,} rows of {block_size + 1} tokens an epoch, "
+          f"{rows_per_iter:,} rows an iteration; iteration {iter_num} starts at row {train_row(iter_num) % rows:,} of "
+          f"epoch {train_row(iter_num) // rows + 1}")
 X, Y = batch(iter_num, 0)  # fetch the very first batch
 local_iter_num = 0  # iterations of this process's lifetime
 running_mfu = None  # none until the loop has settled
@@ -410,6 +451,12 @@ while True:
         t0, iters_timed = time.time(), 0  # evaluation and saving stay out of the iteration times
     if eval_only or iter_num >= max_iters:
         break
+
+    if data_order == 'sequential' and master_process:  # an iteration that reaches the end of the split says so
+        first, rows = train_row(iter_num), row_count(train_data, block_size)
+        if (first + rows_per_iter - 1) // rows > ((first - 1) // rows if first else 0):
+            print(f"epoch {(first + rows_per_iter - 1) // rows + 1}: iteration {iter_num} reads the training split "
+                  f"again from its start")
 
     # forward, backward, update; the next batch is fetched while the device computes
     X, Y, loss, grad_norm = train_step(model, optimizer, scaler, ctx, X, Y, batch=batch, it=iter_num,

@@ -20,14 +20,18 @@ dropout = 0.0
 
 # tokens per iteration: 32 sequences * 1024 tokens * 16 micro-steps = 524,288 (2**19, about 0.5M), the
 # micro-steps shared out among the processes (2 on each of 8 GPUs; 16 divides among 1, 2, 4, 8 or 16).
-# On GPUs with 40GB or less: batch_size = 16 and gradient_accumulation_steps = 32, the same tokens.
+# On GPUs with 40GB or less: batch_size = 16, gradient_accumulation_steps = 32 and eval_iters = 80, the same
+# tokens and the same validation rows.
 batch_size = 32
 gradient_accumulation_steps = 16
 
-# 19,073 iterations of 524,288 tokens: 10.0B tokens, one pass over sample-10BT. GPT-3's schedule for its
+# 19,073 iterations of 524,288 tokens: 10.0B tokens, one pass over sample-10BT read in order, as build-nanogpt,
+# llm.c and modded-nanogpt read it (each process its own consecutive rows), not upstream's random windows
+# (where the training split is shorter, the log says where a second pass begins). GPT-3's schedule for its
 # 125M model: 6e-4 after a warmup of 375M tokens (715 iterations), a cosine down to a tenth at the end.
 max_iters = 19073
 lr_decay_iters = 19073
+data_order = 'sequential'
 warmup_iters = 715
 learning_rate = 6e-4
 min_lr = 6e-5
@@ -35,8 +39,11 @@ weight_decay = 0.1
 beta2 = 0.95
 grad_clip = 1.0
 
-# evaluation: 40 batches of each split (1.3M tokens) and HellaSwag's 10,042 examples every 250 iterations
+# evaluation: the val loss over the same 40 x 32 rows every time, the first 1,310,720 tokens of val_000.bin
+# (build-nanogpt's 20 x 64 rows of its validation shard on one GPU); the train loss over 40 random batches;
+# HellaSwag's 10,042 examples; every 250 iterations
 eval_interval = 250
 eval_iters = 40
+fixed_val_set = True
 hellaswag_interval = 250
 log_interval = 10

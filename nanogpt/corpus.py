@@ -2,7 +2,7 @@
 Text corpora for the prepare scripts of large datasets (data/openwebtext, data/fineweb_edu): a local
 folder of Parquet or JSONL files with a 'text' column, read document by document, each file checked
 before any work so that a corrupt one is named in one line; GPT-2 tokens of a document for worker
-processes; and the shards a sharded dataset is written in.
+processes, how many of them, and Ctrl-C among them; and the shards a sharded dataset is written in.
 
 No torch here, and the datasets and pyarrow packages only where a caller needs them: the prepare
 scripts start fast and their workers stay light.
@@ -11,10 +11,15 @@ scripts start fast and their workers stay light.
 import glob
 import json
 import os
+import re
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
-from nanogpt import ScriptError
+from nanogpt import ScriptError, one_line
 
 CORPUS_KINDS = ('parquet', 'jsonl')
 
@@ -35,11 +40,28 @@ def corpus_files(folder):
     return kinds[0], found[kinds[0]]
 
 
+# the hub's layout of FineWeb and FineWeb-Edu: sample/10BT/*.parquet, sample/100BT/, ..., and data/CC-MAIN-*/ (the
+# crawls, all of them the 'default' subset)
+HUB_SUBSET = re.compile(r'(?:^|/)(sample/[^/]+|data(?=/CC-MAIN-[^/]+/))/')
+
+
+def hub_subsets(folder, files):
+    """The subsets of the hub's FineWeb-Edu layout that files (found under folder) belong to: 'sample/10BT',
+    'sample/100BT', ..., and 'data' (the crawls)."""
+    return sorted({m.group(1) for path in files if (m := HUB_SUBSET.search(os.path.relpath(path, folder)))})
+
+
 def import_pyarrow_parquet():
     try:
+        import pyarrow
         import pyarrow.parquet
     except ImportError:
         raise ScriptError("reading Parquet files needs pyarrow: pip install pyarrow")
+    try:  # memory that pyarrow frees goes back to the system at once (its default allocator keeps it)
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+        pyarrow.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+        pass
     return pyarrow.parquet
 
 
@@ -79,6 +101,17 @@ def json_lines(lines, where, expected):
         yield number, item
 
 
+def batch_texts(batches, skip=0):
+    """The 'text' column of Arrow record batches, row after row, the first `skip` rows passed over (a null
+    is an empty text)."""
+    for batch in batches:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield from (text or '' for text in batch.column('text').to_pylist()[skip:])
+        skip = 0
+
+
 def read_texts(kind, files, skip=0):
     """The documents' texts, file after file, passing over the first `skip` of them (whole Parquet
     files by their row counts, without reading them). A file that turns out unreadable, or a JSONL
@@ -90,14 +123,10 @@ def read_texts(kind, files, skip=0):
                 skip -= n
                 continue
             try:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=['text']):
-                    texts = batch.column(0).to_pylist()
-                    if skip >= len(texts):
-                        skip -= len(texts)
-                        continue
-                    for text in texts[skip:]:
-                        yield text or ''
-                    skip = 0
+                # read as a stream, a page at a time, not a row group's column at once (row groups can be large)
+                parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+                yield from batch_texts(parquet.iter_batches(batch_size=1024, columns=['text']), skip)
+                skip = 0
             except ScriptError:
                 raise
             except Exception as e:
@@ -128,6 +157,105 @@ class _Failed(Exception):
     main process as the message of its error line. A bare SystemExit there would hang the pool."""
 
 
+def cores():
+    """The CPU cores this process may run on (its affinity, which a container or taskset may narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def ignore_ctrl_c():
+    """A worker pool's initializer: its workers leave Ctrl-C to the main process, however they start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def child_processes():
+    """The processes this one started: from /proc where there is one (pool workers that a pool's thread
+    forks at any moment among them), else those multiprocessing (and datasets' multiprocess) know of."""
+    found, read = set(), False
+    for task in os.listdir('/proc/self/task') if os.path.isdir('/proc/self/task') else []:
+        try:
+            with open(f'/proc/self/task/{task}/children') as f:
+                found.update(int(pid) for pid in f.read().split())
+            read = True
+        except OSError:
+            pass
+    if read:
+        return found
+    modules = [m for m in (sys.modules.get('multiprocessing'), sys.modules.get('multiprocess')) if m]
+    return {child.pid for m in modules for child in m.active_children()}
+
+
+def end_children():
+    """Kills the processes this one started, until none is left (a pool's thread may start new ones)."""
+    for _ in range(100):
+        children = child_processes()
+        if not children:
+            return
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (OSError, ChildProcessError):
+                pass
+
+
+@contextmanager
+def ctrl_c_ends_with(say, patience=10.0):
+    """Within the block, Ctrl-C ends the script with one line, 'error: interrupted: ' + say(), and exit
+    code 130 (128 + SIGINT, as shells report an interrupted command), said by this process alone.
+    A terminal sends SIGINT to every process of the command: worker processes forked from this one (a
+    pool's, datasets') inherit a handler that does nothing there, and this process ends them.
+    Here it raises KeyboardInterrupt, so that the code unwinds (temporary files are removed, pools
+    stopped); whatever that raises on its way (datasets' pools wait on their workers, and time out)
+    ends the same way. Where the unwinding cannot happen (Python swallows an exception raised in a
+    callback, as around a fork), or takes more than `patience` seconds, or at a second Ctrl-C, the
+    workers are terminated and the process exits at once."""
+    main, state = os.getpid(), {'interrupted': False, 'said': False}
+
+    def say_once():
+        if not state['said']:
+            state['said'] = True
+            newline = '\n' if sys.stderr.isatty() else ''  # below a progress bar
+            print(f"{newline}error: interrupted: {one_line(say())}", file=sys.stderr, flush=True)
+
+    def exit_now():
+        say_once()
+        end_children()
+        sys.stdout.flush()
+        os._exit(128 + signal.SIGINT)
+
+    def on_ctrl_c(signum, frame):
+        if os.getpid() != main:
+            return  # a worker: the main process stops it
+        if state['interrupted']:
+            exit_now()
+        state['interrupted'] = True
+        watchdog.start()
+        raise KeyboardInterrupt
+
+    def on_unraisable(unraisable):
+        if state['interrupted'] and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            exit_now()  # our KeyboardInterrupt, swallowed: the code goes on as if not interrupted
+        sys.__unraisablehook__(unraisable)
+
+    watchdog = threading.Timer(patience, exit_now)
+    watchdog.daemon = True
+    previous = signal.signal(signal.SIGINT, on_ctrl_c), sys.unraisablehook
+    sys.unraisablehook = on_unraisable
+    try:
+        yield
+    except BaseException:
+        if not state['interrupted']:
+            raise
+        watchdog.cancel()
+        say_once()
+        end_children()
+        raise SystemExit(128 + signal.SIGINT) from None
+    finally:
+        watchdog.cancel()
+        signal.signal(signal.SIGINT, previous[0])
+        sys.unraisablehook = previous[1]
+
+
 _encoding = None  # each worker process's GPT-2 BPE, made on its first document
 
 
@@ -148,7 +276,10 @@ def gpt2_document(text):
         encoding = worker_encoding()
     except ScriptError as e:
         raise _Failed(e.code)
-    ids = encoding.encode_ordinary(text)
+    try:  # the ids straight from tiktoken's buffer, without a Python list of them (tiktoken 0.8 and later)
+        ids = encoding.encode_to_numpy(text, disallowed_special=())  # special tokens stay text, as encode_ordinary's
+    except (AttributeError, UnicodeEncodeError):  # an older tiktoken; lone surrogates, which encode_ordinary replaces
+        ids = encoding.encode_ordinary(text)
     out = np.empty(len(ids) + 1, dtype=np.uint16)
     out[0] = encoding.eot_token
     out[1:] = ids

@@ -3,8 +3,12 @@ Datasets on disk, batches and tokenizers, shared by the prepare scripts, train.p
 
 A dataset is a folder data/<name>/ with train.bin and val.bin, flat arrays of token ids (uint16, or
 uint32 where meta.pkl says 'dtype': 'uint32'), or with each split in shards train_000.bin,
-train_001.bin, ... read as one; and meta.pkl with vocab_size and the tokenizer: 'char' datasets carry
-stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE.
+train_001.bin, ... (or build-nanogpt's edufineweb_train_000001.npy, ...) read as one; and meta.pkl with
+vocab_size, the tokenizer ('char' datasets carry stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE)
+and the files the preparation wrote with their token counts ('files': {name: tokens}).
+
+Batches are random windows (upstream's sampler, get_batch), or the split read in order, row after row
+(get_ordered_batch: train.py's data_order='sequential' and fixed_val_set).
 """
 
 import os
@@ -12,7 +16,6 @@ import pickle
 import re
 
 import numpy as np
-import torch
 
 from nanogpt import ScriptError
 from nanogpt.files import finish_swap, swap_in
@@ -85,6 +88,11 @@ def check_meta(meta, path):
     vocab_size = meta.get('vocab_size', 1)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
         raise ScriptError(f"{path} says vocab_size={short(vocab_size)}, not a positive int; prepare the dataset again")
+    files = meta.get('files', {})
+    if not (isinstance(files, dict) and all(isinstance(k, str) and type(v) is int and v >= 0
+                                            for k, v in files.items())):
+        raise ScriptError(f"{path} lists its files in a form other than file name -> token count; prepare the "
+                          f"dataset again")
     if 'stoi' in meta or 'itos' in meta:
         stoi, itos = meta.get('stoi'), meta.get('itos')
         if not (isinstance(stoi, dict) and isinstance(itos, dict)
@@ -103,11 +111,18 @@ def token_dtype(meta):
 
 def split_files(data_dir, split):
     """The token files of a split: [<split>.bin], or its shards [<split>_000.bin, <split>_001.bin, ...]
-    in order, or [] where there are none. Shards numbered with a gap, or a folder with both kinds,
-    are refused: a split with a piece missing would train on the wrong data without a word."""
+    in order, or build-nanogpt's shards (npy_shards), or [] where there are none. Shards numbered with a
+    gap, or a folder with two kinds, are refused: a split with a piece missing would train on the wrong
+    data without a word."""
     single = os.path.join(data_dir, f'{split}.bin')
     pattern = re.compile(rf'{re.escape(split)}_(\d{{3,}})\.bin')
     numbered = sorted((int(m.group(1)), name) for name in os.listdir(data_dir) if (m := pattern.fullmatch(name)))
+    npy = npy_shards(data_dir, split)
+    if npy and (numbered or os.path.isfile(single)):
+        raise ScriptError(f"{data_dir} holds both .npy shards ({os.path.basename(npy[0])}, ...) and {split} .bin "
+                          f"files; move one kind away")
+    if npy:
+        return npy
     if not numbered:
         return [single] if os.path.isfile(single) else []
     if os.path.isfile(single):
@@ -122,6 +137,82 @@ def split_files(data_dir, split):
                               f"must be numbered from 000 without gaps; prepare the dataset again (an interrupted "
                               f"prepare.py continues from its last complete shard)")
     return [os.path.join(data_dir, name) for _, name in numbered]
+
+
+# build-nanogpt's shards: edufineweb_val_000000.npy, edufineweb_train_000001.npy, ...
+NPY_SHARD = re.compile(r'(.+)_(train|val)_(\d+)\.npy')
+
+
+def npy_shards(data_dir, split):
+    """The .npy shards of a split as build-nanogpt's fineweb.py writes them, in order: one numbering
+    for the whole token stream, the val shard first (edufineweb_val_000000.npy, then
+    edufineweb_train_000001.npy, ...). Numbers missing or taken twice, or shards of two prefixes, are
+    refused."""
+    found = sorted((int(m.group(3)), m.group(2), m.group(1), name)
+                   for name in os.listdir(data_dir) if (m := NPY_SHARD.fullmatch(name)))
+    if not found:
+        return []
+    prefixes = sorted({prefix for _, _, prefix, _ in found})
+    if len(prefixes) > 1:
+        raise ScriptError(f"{data_dir} holds .npy shards of {len(prefixes)} datasets ({', '.join(prefixes[:3])}); "
+                          f"keep one of them in the folder")
+    for i, (number, _, _, name) in enumerate(found):
+        if number < i:
+            raise ScriptError(f"{data_dir} holds {found[i - 1][3]} and {name}, two shards numbered {number}; "
+                              f"move one of them away")
+        if number > i:
+            raise ScriptError(f"{data_dir} has no .npy shard numbered {i} (after {found[i - 1][3] if i else 'none'}): "
+                              f"the shards are numbered from 0 without gaps, val then train; copy the missing one")
+    return [os.path.join(data_dir, name) for _, kind, _, name in found if kind == split]
+
+
+def open_tokens(path, dtype):
+    """A token file as a read-only array of dtype: a flat .bin file (memmapped), or a .npy file whose
+    header must say a flat array of dtype (memmapped past the header)."""
+    if not path.endswith('.npy'):
+        size = os.path.getsize(path)
+        if size % dtype.itemsize:
+            raise ScriptError(f"{path} is not a whole number of {dtype} tokens; prepare the dataset again")
+        return np.memmap(path, dtype=dtype, mode='r') if size else np.zeros(0, dtype)
+    try:
+        with open(path, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, file_dtype = read_header(f)  # C or Fortran order: the same for a flat array
+            offset = f.tell()
+    except (OSError, ValueError) as e:
+        raise ScriptError(f"{path} is not a .npy file numpy can read ({e}); copy it again")
+    if file_dtype != dtype.newbyteorder('<') or len(shape) != 1:
+        kind = file_dtype.name + (' (big-endian)' if file_dtype.byteorder == '>' else '')
+        raise ScriptError(f"{path} holds {kind if file_dtype.fields is None else 'records'} of shape "
+                          f"{shape}, not a flat array of {dtype} tokens: a shard of another token width or kind; "
+                          f"move it out of the dataset")
+    n = shape[0]
+    if os.path.getsize(path) != offset + n * dtype.itemsize:
+        raise ScriptError(f"{path} is not {n:,} tokens long, as its header says: cut short or grown; copy it again")
+    return np.memmap(path, dtype=file_dtype, mode='r', offset=offset, shape=(n,)) if n else np.zeros(0, dtype)
+
+
+def check_listed_files(data_dir, split, files, listed, dtype):
+    """The split's files on disk against those meta.pkl lists ({name: tokens}, written by the
+    preparation): each listed one there, with as many bytes as its tokens of dtype take, and no other.
+    A shard of another token width, or from another preparation, would train as garbage."""
+    names = [os.path.basename(path) for path in files]
+    shard = re.compile(rf'{re.escape(split)}(_\d{{3,}})?\.bin')
+    for name in sorted(n for n in listed if shard.fullmatch(n)):
+        if name not in names:
+            raise ScriptError(f"{os.path.join(data_dir, name)} is missing (meta.pkl lists it); prepare the dataset "
+                              f"again")
+    for path, name in zip(files, names):
+        if name not in listed:
+            raise ScriptError(f"{path} is not among the files meta.pkl lists: it is not of this preparation; move "
+                              f"it away or prepare the dataset again")
+        size, tokens = os.path.getsize(path), listed[name]
+        if size != tokens * dtype.itemsize:
+            raise ScriptError(f"{path} holds {size:,} bytes where meta.pkl lists {tokens:,} {dtype} tokens "
+                              f"({tokens * dtype.itemsize:,} bytes): a file of another token width or another "
+                              f"preparation; prepare the dataset again")
 
 
 class TokenShards:
@@ -182,9 +273,10 @@ class TokenShards:
 
 def open_split(data_dir, split, meta, block_size, vocab_size, dataset=None):
     """The tokens of a split, opened once: <split>.bin as a read-only memmap, or its shards
-    <split>_000.bin, <split>_001.bin, ... as TokenShards. Checks first that the files exist, hold
-    whole tokens and more than block_size of them, and (up to FULL_CHECK_TOKENS tokens in all) that
-    every id is below vocab_size."""
+    <split>_000.bin, <split>_001.bin, ... (or .npy shards) as TokenShards. Checks first that the files
+    exist, are those meta.pkl lists (where it lists them), hold whole tokens of the dataset's width and
+    more than block_size of them, and (up to FULL_CHECK_TOKENS tokens in all) that every id is below
+    vocab_size."""
     hint = prepare_hint(dataset or os.path.basename(data_dir))
     if not os.path.isdir(data_dir):
         raise ScriptError(f"no dataset folder {data_dir}; {hint}")
@@ -192,22 +284,19 @@ def open_split(data_dir, split, meta, block_size, vocab_size, dataset=None):
     if not files:
         raise ScriptError(f"{os.path.join(data_dir, f'{split}.bin')} does not exist (nor {split}_000.bin); {hint}")
     dtype = token_dtype(meta)
-    for path in files:
-        if os.path.getsize(path) % dtype.itemsize:
-            raise ScriptError(f"{path} is not a whole number of {dtype} tokens; prepare the dataset again")
-    n = sum(os.path.getsize(path) for path in files) // dtype.itemsize
+    if 'files' in meta:
+        check_listed_files(data_dir, split, files, meta['files'], dtype)
+    shards = [open_tokens(path, dtype) for path in files]
+    n = sum(len(tokens) for tokens in shards)
     if os.path.basename(files[0]) == f'{split}.bin':
         if n <= block_size:
             raise ScriptError(f"{files[0]} has {n} tokens, it needs more than block_size={block_size}; "
                               f"use a smaller block_size or more data")
-        data = np.memmap(files[0], dtype=dtype, mode='r')
-        shards = [data]
+        data = shards[0]
     else:
-        shards = [np.memmap(path, dtype=dtype, mode='r') if os.path.getsize(path) else np.zeros(0, dtype)
-                  for path in files]
         data = TokenShards(shards)
         if data.window_count(block_size) == 0:
-            raise ScriptError(f"no shard of {os.path.join(data_dir, split)}_*.bin has more than "
+            raise ScriptError(f"no shard of {os.path.join(data_dir, split)}_* has more than "
                               f"block_size={block_size} tokens; use a smaller block_size or more data")
     if n <= FULL_CHECK_TOKENS:
         for path, tokens in zip(files, shards):
@@ -232,7 +321,43 @@ def get_batch(data, batch_size, block_size, seed, vocab_size=None, device='cpu')
     else:
         starts = rng.integers(0, len(data) - block_size, size=batch_size)
         rows = data[starts[:, None] + np.arange(block_size + 1)]  # one gather, no Python loop over rows
-    if vocab_size is not None and len(data) > FULL_CHECK_TOKENS:
+    return batch_tensors(rows, len(data), vocab_size, device)
+
+
+def row_count(data, block_size):
+    """How many rows of block_size + 1 tokens a split holds read in order (see ordered_rows)."""
+    return (len(data) - 1) // block_size
+
+
+def ordered_rows(data, block_size, first, count):
+    """Rows first, first + 1, ..., first + count - 1 of a split read in order, as build-nanogpt and
+    llm.c read it: row r is tokens r * block_size to r * block_size + block_size of the split (its
+    shards joined: they are pieces of one stream of documents), its last token the first of row r + 1,
+    so that the rows' inputs take every token once. Past the last row, row r is row r mod
+    row_count(): the split read again (an epoch). The split's last (len - 1) % block_size tokens are
+    left out."""
+    total = row_count(data, block_size)
+    first %= total
+    pieces = []
+    while count:
+        n = min(count, total - first)
+        chunk = np.asarray(data[first * block_size:(first + n) * block_size + 1])
+        pieces.append(np.lib.stride_tricks.sliding_window_view(chunk, block_size + 1)[::block_size])
+        count, first = count - n, 0
+    return np.concatenate(pieces)
+
+
+def get_ordered_batch(data, batch_size, block_size, first_row, vocab_size=None, device='cpu'):
+    """Rows first_row to first_row + batch_size - 1 of the split read in order (ordered_rows), as x
+    and y like get_batch's."""
+    return batch_tensors(ordered_rows(data, block_size, first_row, batch_size), len(data), vocab_size, device)
+
+
+def batch_tensors(rows, data_tokens, vocab_size, device):
+    """x and y of rows of block_size + 1 tokens, on the device; their ids checked against vocab_size
+    where the split (data_tokens long) was too large to check whole when opened."""
+    import torch  # here, not at the top: the prepare scripts and their worker processes start without it
+    if vocab_size is not None and data_tokens > FULL_CHECK_TOKENS:
         check_token_ids(rows, vocab_size, 'the training data')
     x = torch.from_numpy(rows[:, :-1].astype(np.int64))
     y = torch.from_numpy(rows[:, 1:].astype(np.int64))
@@ -339,13 +464,13 @@ def write_dataset(out_dir, train_ids, val_ids, meta, source='the text'):
     last: whatever happens, readers find the old dataset whole or the new one whole. A kill while
     the files are written leaves the old ones (and temporary .tmp files); a kill while they are
     renamed leaves a journal that the next reader (load_meta) or writer completes; a full disk is
-    one error line, the old files kept. meta gains the token dtype. A split of fewer than 2 tokens
-    (nothing to predict) is refused before anything is written."""
+    one error line, the old files kept. meta gains the token dtype and the files with their token
+    counts. A split of fewer than 2 tokens (nothing to predict) is refused before anything is written."""
     if len(train_ids) < 2 or len(val_ids) < 2:
         raise ScriptError(f"{source} is too small to split: train gets {len(train_ids)} tokens and val "
                           f"{len(val_ids)}, each needs at least 2; give more text")
     dtype = np.uint32 if meta['vocab_size'] > 65535 else np.uint16
-    meta = dict(meta, dtype=np.dtype(dtype).name)
+    meta = dict(meta, dtype=np.dtype(dtype).name, files={'train.bin': len(train_ids), 'val.bin': len(val_ids)})
     with swap_in(out_dir, ('train.bin', 'val.bin', 'meta.pkl')) as staged:
         for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
             with open(staged[name], 'wb') as f:

@@ -4,10 +4,14 @@ error lines; and train.py, bench.py and HellaSwag on a sharded dataset."""
 
 import importlib.util
 import json
+import os
 import pickle
 import runpy
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -121,7 +125,8 @@ def test_fineweb_shards_resume_and_train(prepared, gpt2_bpe, tmp_path):
     assert_shards(folder, stream)
     meta = pickle.loads((folder / 'meta.pkl').read_bytes())
     assert meta == {'vocab_size': 50304, 'tokenizer': 'gpt2', 'dtype': 'uint16', 'source': str(source),
-                    'shard_tokens': SHARD, 'complete': True, 'train_tokens': len(stream) - SHARD, 'val_tokens': SHARD}
+                    'shard_tokens': SHARD, 'complete': True, 'train_tokens': len(stream) - SHARD, 'val_tokens': SHARD,
+                    'files': {name: len(tokens) for name, tokens in expected_shards(stream).items()}}
     n_train = len(expected_shards(stream)) - 1
     assert f"wrote {folder}: val_000.bin (1,000 tokens), train_000.bin to train_{n_train - 1:03d}.bin " \
            f"({len(stream) - SHARD:,} tokens), meta.pkl" in proc.stdout
@@ -204,6 +209,9 @@ def test_fineweb_bad_input(prepared, tmp_path, monkeypatch, gpt2_bpe):
     mixed = write_jsonl(tmp_path / 'mixed', DOCS[:3])
     (mixed / 'x.parquet').write_bytes(b'')
     (tmp_path / 'empty').mkdir()
+    hub = tmp_path / 'hub'  # a copy of the hub's layout with two subsets
+    write_jsonl(hub / 'sample' / '10BT', DOCS[:3])
+    write_jsonl(hub / 'sample' / '100BT', DOCS[3:6])
     # an interrupted preparation of `source` (two complete shards), whose corpus then turns out broken
     # in a document it has not reached: the shards it holds must survive every failed run below
     source = write_jsonl(tmp_path / 'source', DOCS)
@@ -222,6 +230,8 @@ def test_fineweb_bad_input(prepared, tmp_path, monkeypatch, gpt2_bpe):
         ([f'--source={mixed}'], f"{mixed} holds both .parquet and .jsonl files"),
         ([f'--source={tmp_path / "empty"}'], f"no .parquet or .jsonl files in the folder {tmp_path / 'empty'}"),
         ([f'--source={tmp_path / "nowhere"}'], f"source={tmp_path / 'nowhere'} is not a folder"),
+        ([f'--source={hub}'], f"{hub} holds 2 subsets of the hub's FineWeb-Edu (sample/100BT, sample/10BT), which "
+                              f"would be mixed; give the folder of one, e.g. --source={hub / 'sample' / '10BT'}"),
         (['--subset=sample-1BT'], "unknown subset 'sample-1BT'; use one of sample-10BT, sample-100BT"),
         ([], "reading FineWeb-Edu from the hub needs the datasets package: pip install datasets"),
         ([f'--source={source}', '--shard_tokens=500'],
@@ -278,7 +288,15 @@ def test_fineweb_through_the_hub_loader_on_a_local_copy(prepared, gpt2_bpe, tmp_
     env = hf_env(tmp_path)
     fineweb(project, f'--repo={repo}', f'--dataset={tmp_path / "cached"}', env=env)
     assert_shards(tmp_path / 'cached', stream)
-    assert pickle.loads((tmp_path / 'cached' / 'meta.pkl').read_bytes())['source'] == f"{repo} sample-10BT"
+    meta = pickle.loads((tmp_path / 'cached' / 'meta.pkl').read_bytes())
+    assert meta['source'] == f"{repo} sample-10BT"
+    # interrupted after 6 shards: the resumed run passes over the documents written, in datasets' cache
+    for name in shard_files(tmp_path / 'cached')[6:]:
+        (tmp_path / 'cached' / name).unlink()
+    (tmp_path / 'cached' / 'meta.pkl').write_bytes(pickle.dumps(dict(meta, complete=False)))
+    assert 'continuing after 6 complete shards' in fineweb(project, f'--repo={repo}', f'--dataset={tmp_path / "cached"}',
+                                                          env=env).stdout
+    assert_shards(tmp_path / 'cached', stream)
     # streamed, and interrupted after 4 shards: the resumed run passes over the documents already written
     streamed = tmp_path / 'streamed'
     fineweb(project, f'--repo={repo}', f'--dataset={streamed}', '--streaming=True', env=env)
@@ -316,8 +334,9 @@ def test_openwebtext_split_from_a_local_folder(gpt2_bpe, tmp_path):
     for folder in folders:
         for name, tokens in expected.items():
             assert np.array_equal(np.fromfile(folder / f'{name}.bin', dtype=np.uint16), tokens), (folder, name)
-        assert pickle.loads((folder / 'meta.pkl').read_bytes()) == {'vocab_size': 50304, 'tokenizer': 'gpt2',
-                                                                    'dtype': 'uint16'}
+        assert pickle.loads((folder / 'meta.pkl').read_bytes()) == {
+            'vocab_size': 50304, 'tokenizer': 'gpt2', 'dtype': 'uint16',
+            'files': {f'{name}.bin': len(tokens) for name, tokens in expected.items()}}
 
     # bad input: one line each, and the dataset prepared above stays as it was
     folder = folders[0]
@@ -327,8 +346,13 @@ def test_openwebtext_split_from_a_local_folder(gpt2_bpe, tmp_path):
     no_text = tmp_path / 'no_text'
     no_text.mkdir()
     (no_text / 'a.jsonl').write_text('{"body": "x"}\n{"body": "y"}\n')
+    one_without = tmp_path / 'one_without'
+    one_without.mkdir()
+    (one_without / 'a.jsonl').write_text('{"text": "a"}\n{"body": "no text"}\n{"text": null}\n{"text": "b"}\n')
     cases = [([f'--source={corrupt}'], f"{corrupt / '000_00000.parquet'} is not a readable Parquet file"),
              ([f'--source={no_text}'], f"the corpus in {no_text} has no 'text' column (it has body)"),
+             ([f'--source={one_without}'], f"2 document(s) of the corpus in {one_without} have no text (the first: "
+                                            f"document 2 in the corpus's order, counted from 1)"),
              ([f'--hub_files={tmp_path / "parquet"}/*.parquet'],
               f"{tmp_path / 'parquet'}/*.parquet holds {len(DOCS)} documents, OpenWebText 8,013,769")]
 
@@ -350,8 +374,77 @@ def test_gpt2_fineweb_config(monkeypatch):
     assert 9.99e9 < tokens * config['max_iters'] <= 10e9 and config['lr_decay_iters'] == config['max_iters']
     assert (config['n_layer'], config['n_head'], config['n_embd'], config['dataset']) == (12, 12, 768, 'fineweb_edu')
     assert config['hellaswag_interval'] > 0
+    # one ordered pass; the val loss over build-nanogpt's 20 x 64 rows (on one GPU) at each evaluation
+    assert config['data_order'] == 'sequential' and config['fixed_val_set']
+    assert config['eval_iters'] * config['batch_size'] == 20 * 64
     # train.py takes every key (and stops at the first check, before any device or data)
     e = run_in_process(monkeypatch, 'train.py', REPO / 'config' / 'train_gpt2_fineweb.py', '--batch_size=0')
     assert e.code == 'error: batch_size must be a positive integer, got 0'
     e = run_in_process(monkeypatch, 'train.py', REPO / 'config' / 'train_gpt2_fineweb.py', '--hellaswag_interval=-1')
     assert e.code == 'error: hellaswag_interval must be 0 (never) or more, got -1'
+
+
+def interrupt(command, cwd, env, ready):
+    """Runs command in a process group of its own, and once ready(process) says so sends SIGINT to the whole
+    group, as Ctrl-C in a terminal does; returns the finished process and its stdout and stderr."""
+    proc = subprocess.Popen([sys.executable, *map(str, command)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not ready(proc) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the command ended before it was interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err
+
+
+def children(pid):
+    """The processes pid started, from /proc."""
+    found = []
+    for task in os.listdir(f'/proc/{pid}/task') if os.path.isdir(f'/proc/{pid}/task') else []:
+        try:
+            with open(f'/proc/{pid}/task/{task}/children') as f:
+                found += f.read().split()
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="finds the worker processes in /proc")
+def test_ctrl_c_during_a_preparation_is_one_line_from_the_main_process(prepared, gpt2_bpe, tmp_path):
+    """Ctrl-C reaches the script and its worker processes: one line, from the script, exit code 130; a
+    FineWeb-Edu preparation keeps its complete shards and the same command continues from them."""
+    project, base, _, _ = prepared
+    source = write_jsonl(tmp_path / 'big', DOCS * 40)  # seconds of work for two workers
+    out_dir = tmp_path / 'fw'
+
+    def first_shard(proc):
+        return (out_dir / 'val_000.bin').exists()
+
+    proc, out, err = interrupt(['data/fineweb_edu/prepare.py', f'--source={source}', f'--dataset={out_dir}',
+                                f'--shard_tokens={SHARD}', '--num_proc=2'], project, script_env(), first_shard)
+    assert proc.returncode == 130 and 'Traceback' not in err, err
+    done = len(existing := [n for n in shard_files(out_dir)])
+    assert err.strip().splitlines() == [f"error: interrupted: {done} complete shards in {out_dir}; the same command "
+                                        f"continues from there"], err
+    assert not any(name.endswith('.tmp') for name in os.listdir(out_dir)) and existing
+    fineweb(project, f'--source={source}', f'--dataset={out_dir}')
+    assert_shards(out_dir, reference_stream(gpt2_bpe, DOCS * 40))
+
+    if HAS_DATASETS:  # openwebtext: datasets' worker processes
+        (tmp_path / 'owt').mkdir()
+        owt = copy_project(tmp_path / 'owt')
+        command = ['data/openwebtext/prepare.py', f'--source={source}', '--num_proc=2']
+        proc, out, err = interrupt(command, owt, hf_env(tmp_path), lambda p: len(children(p.pid)) >= 2)
+        assert proc.returncode == 130 and 'Traceback' not in err, err
+        assert err.strip().splitlines() == [f"error: interrupted: train.bin and val.bin in {owt / 'data' / 'openwebtext'} "
+                                            f"are as they were; the same command starts again (datasets' cache keeps "
+                                            f"what it downloaded)"], err
+        assert not any(p.suffix in ('.bin', '.pkl', '.tmp') for p in (owt / 'data' / 'openwebtext').iterdir())
+
+
+def test_preparation_uses_a_worker_per_core(monkeypatch, capsys):
+    e = run_in_process(monkeypatch, 'data/fineweb_edu/prepare.py', '--help')
+    assert e.code == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith('--num_proc'))
+    assert int(line.split()[1]) == len(os.sched_getaffinity(0)) >= 1, line

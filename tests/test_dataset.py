@@ -1,9 +1,13 @@
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import run_script
-from nanogpt.data import char_vocab, get_batch, load_meta, load_tokenizer, open_split, write_dataset
+from nanogpt.data import (char_vocab, get_batch, get_ordered_batch, load_meta, load_tokenizer, open_split, ordered_rows,
+                          row_count, write_dataset)
 
 
 def test_batches_are_windows_shifted_by_one():
@@ -172,3 +176,104 @@ def test_sharded_split_errors(tmp_path):
     assert 'val.bin does not exist (nor val_000.bin)' in fails(tmp_path / 'ids', 'val')
     (tmp_path / 'ids' / 'train_002.bin.tmp').write_bytes(bytes(7))  # an interrupted write's leftover: not a shard
     assert len(open_split(str(tmp_path / 'ids'), 'train', {}, 4, 110)) == 40
+
+
+def test_ordered_rows_read_the_split_in_order_across_shards_and_epochs(tmp_path):
+    write_shards(tmp_path / 'd', 'train', [np.arange(0, 30), np.arange(30, 37), np.arange(37, 70)])
+    data = open_split(str(tmp_path / 'd'), 'train', {}, 8, 100)
+    assert row_count(data, 8) == 8  # 69 // 8: tokens 64 to 69 are left out
+    rows = ordered_rows(data, 8, 2, 9)  # rows 2 to 7, then 0 to 2 of the next epoch
+    expected = np.stack([np.arange(8 * r, 8 * r + 9) for r in [2, 3, 4, 5, 6, 7, 0, 1, 2]])
+    assert np.array_equal(rows, expected)  # rows 3 and 4 cross from one shard into the next
+    x, y = get_ordered_batch(data, 3, 8, 21)  # rows 5, 6, 7 (21 mod 8 = 5)
+    assert torch.equal(x, torch.from_numpy(expected[3:6, :-1]).long()) and torch.equal(y, torch.from_numpy(expected[3:6, 1:]).long())
+    single = np.arange(50, dtype=np.uint16)
+    assert np.array_equal(ordered_rows(single, 7, 6, 2), np.stack([np.arange(42, 50), np.arange(0, 8)]))
+
+
+def build_nanogpt_shards(folder, streams, prefix='edufineweb'):
+    """Shards as build-nanogpt's fineweb.py saves them: np.save of uint16 arrays, one numbering, val first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, tokens in enumerate(streams):
+        np.save(folder / f"{prefix}_{'val' if i == 0 else 'train'}_{i:06d}", np.asarray(tokens, dtype=np.uint16))
+
+
+def test_build_nanogpt_shards_are_read_in_place(tmp_path):
+    streams = [np.arange(100, 160), np.arange(0, 40), np.arange(40, 90), np.arange(90, 100)]
+    build_nanogpt_shards(tmp_path / 'b', streams)
+    (tmp_path / 'b' / 'notes.txt').write_text('other files are left alone')
+    train = open_split(str(tmp_path / 'b'), 'train', {}, 8, 200)
+    val = open_split(str(tmp_path / 'b'), 'val', {}, 8, 200)
+    assert np.array_equal(np.asarray(train), np.arange(100)) and np.array_equal(np.asarray(val), np.arange(100, 160))
+    # memory-mapped past each file's .npy header, not copied
+    assert [os.path.basename(s.filename) for s in train.shards] == [f'edufineweb_train_00000{i}.npy' for i in (1, 2, 3)]
+    x, y = get_ordered_batch(train, 2, 8, 4)
+    assert torch.equal(x[1], torch.arange(40, 48)) and torch.equal(y[1], torch.arange(41, 49))
+    x, _ = get_batch(train, 4, 8, (1,))  # random windows too, each in one shard
+    assert all(row[0] // 40 == row[-1] // 40 or row[0] >= 40 for row in x.tolist())
+
+
+def test_build_nanogpt_shards_that_do_not_fit_are_one_line(tmp_path):
+    def fails(folder, split='train'):
+        with pytest.raises(SystemExit) as e:
+            open_split(str(folder), split, {}, 4, 100)
+        assert e.value.code.startswith('error: ') and '\n' not in e.value.code
+        return e.value.code
+
+    streams = [range(20), range(20), range(20)]
+    build_nanogpt_shards(tmp_path / 'gap', streams)
+    (tmp_path / 'gap' / 'edufineweb_train_000001.npy').unlink()
+    assert 'has no .npy shard numbered 1 (after edufineweb_val_000000.npy)' in fails(tmp_path / 'gap')
+    build_nanogpt_shards(tmp_path / 'two', streams)
+    build_nanogpt_shards(tmp_path / 'two', streams, prefix='other')
+    assert 'holds .npy shards of 2 datasets (edufineweb, other)' in fails(tmp_path / 'two')
+    build_nanogpt_shards(tmp_path / 'wide', streams)
+    np.save(tmp_path / 'wide' / 'edufineweb_train_000002.npy', np.arange(20, dtype=np.int32))  # another width
+    assert "edufineweb_train_000002.npy holds int32 of shape (20,), not a flat array of uint16 tokens" in fails(tmp_path / 'wide')
+    build_nanogpt_shards(tmp_path / 'flat', streams)
+    np.save(tmp_path / 'flat' / 'edufineweb_train_000001.npy', np.zeros((4, 5), dtype=np.uint16))
+    assert 'holds uint16 of shape (4, 5), not a flat array' in fails(tmp_path / 'flat')
+    build_nanogpt_shards(tmp_path / 'cut', streams)
+    path = tmp_path / 'cut' / 'edufineweb_train_000002.npy'
+    path.write_bytes(path.read_bytes()[:-6])
+    assert f'{path} is not 20 tokens long, as its header says' in fails(tmp_path / 'cut')
+    (tmp_path / 'junk').mkdir()
+    (tmp_path / 'junk' / 'x_train_000000.npy').write_bytes(b'not numpy at all')
+    assert 'x_train_000000.npy is not a .npy file numpy can read' in fails(tmp_path / 'junk')
+    build_nanogpt_shards(tmp_path / 'mixed', streams)
+    (tmp_path / 'mixed' / 'train.bin').write_bytes(bytes(40))
+    assert 'holds both .npy shards (edufineweb_train_000001.npy, ...) and train .bin files' in fails(tmp_path / 'mixed')
+
+
+def test_files_listed_in_meta_are_checked(tmp_path):
+    """meta.pkl lists what the preparation wrote: a shard of another token width, one missing, or one that
+    is not of this preparation stops the reader with one line."""
+    def fails(folder, split='train'):
+        with pytest.raises(SystemExit) as e:
+            open_split(str(folder), split, load_meta(str(folder)), 4, 100)
+        assert e.value.code.startswith('error: ') and '\n' not in e.value.code
+        return e.value.code
+
+    def prepared(name):
+        write_shards(tmp_path / name, 'train', [range(20), range(20, 50)])
+        write_shards(tmp_path / name, 'val', [range(10)])
+        files = {'train_000.bin': 20, 'train_001.bin': 30, 'val_000.bin': 10}
+        (tmp_path / name / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 100, 'dtype': 'uint16', 'files': files}))
+        return tmp_path / name
+
+    assert len(open_split(str(prepared('ok')), 'train', load_meta(str(tmp_path / 'ok')), 4, 100)) == 50
+    np.arange(20, 50, dtype=np.uint32).tofile(prepared('wide') / 'train_001.bin')  # the same tokens, twice as wide
+    assert "train_001.bin holds 120 bytes where meta.pkl lists 30 uint16 tokens (60 bytes): a file of another token " \
+           "width" in fails(tmp_path / 'wide')
+    np.arange(20, dtype=np.uint16).tofile(prepared('extra') / 'train_002.bin')
+    assert "train_002.bin is not among the files meta.pkl lists" in fails(tmp_path / 'extra')
+    (prepared('missing') / 'train_001.bin').unlink()
+    assert f"{tmp_path / 'missing' / 'train_001.bin'} is missing (meta.pkl lists it)" in fails(tmp_path / 'missing')
+    # the single files of write_dataset are listed too
+    write_dataset(tmp_path / 'w', list(range(20)), list(range(10)), {'vocab_size': 100})
+    assert load_meta(str(tmp_path / 'w'))['files'] == {'train.bin': 20, 'val.bin': 10}
+    np.arange(10, dtype=np.uint32).tofile(tmp_path / 'w' / 'val.bin')
+    assert 'val.bin holds 40 bytes where meta.pkl lists 10 uint16 tokens (20 bytes)' in fails(tmp_path / 'w', 'val')
+    (tmp_path / 'w' / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 100, 'files': ['train.bin']}))
+    with pytest.raises(SystemExit, match='lists its files in a form other than file name -> token count'):
+        load_meta(str(tmp_path / 'w'))

@@ -129,8 +129,9 @@ def test_gpt2_file_trains_and_samples(proj, tmp_path, shakespeare_txt, gpt2_bpe)
     run_script(proj, 'data/prepare.py', f'--input={source}', '--dataset=plays_gpt2', '--tokenizer=gpt2')
     folder = proj / 'data' / 'plays_gpt2'
     meta = read_meta(folder)
-    assert meta == {'vocab_size': 50304, 'tokenizer': 'gpt2', 'dtype': 'uint16'}
     train, val = tokens(folder, 'train', meta), tokens(folder, 'val', meta)
+    assert meta == {'vocab_size': 50304, 'tokenizer': 'gpt2', 'dtype': 'uint16',
+                    'files': {'train.bin': len(train), 'val.bin': len(val)}}
     enc = gpt2_from_file(gpt2_bpe)
     split = int(len(text) * 0.9)
     assert train.tolist() == enc.encode_ordinary(text[:split])  # piece by piece = the whole split at once

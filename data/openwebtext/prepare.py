@@ -21,7 +21,9 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from configurator import configure  # noqa: E402
 from nanogpt import ScriptError  # noqa: E402
-from nanogpt.corpus import worker_encoding  # noqa: E402  (no torch: workers start light)
+from nanogpt.corpus import check_parquet, corpus_files, ctrl_c_ends_with, first_line, worker_encoding  # noqa: E402
+from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, write_tokens  # noqa: E402
+from nanogpt.files import atomic_write  # noqa: E402
 
 # Where the corpus lives on the hub. datasets 4.0 and later no longer run loading scripts ("Dataset
 # scripts are no longer supported", karpathy/nanoGPT#633, open when this was written), and the main
@@ -54,57 +56,67 @@ hub_files = HUB_FILES  # the corpus's Parquet files on the hub (an hf:// path wi
 
 if __name__ == '__main__':
     configure(globals(), positive_ints=('num_proc',))
-    try:
-        import datasets
-    except ImportError:
-        raise ScriptError("this script needs the datasets package: pip install datasets")
-    if not sys.stderr.isatty():
-        datasets.disable_progress_bars()  # they would surround an error line in a log
-    # nanogpt.data imports torch (seconds), so only now
-    from nanogpt.corpus import check_parquet, corpus_files, first_line
-    from nanogpt.data import PADDED_GPT2_VOCAB_SIZE, gpt2_encoding, write_tokens
-    from nanogpt.files import atomic_write
-    gpt2_encoding()  # fail now, not after the download, if the BPE cannot be had
     here = os.path.dirname(os.path.abspath(__file__))
+    with ctrl_c_ends_with(lambda: f"train.bin and val.bin in {here} are as they were; the same command starts again "
+                                  f"(datasets' cache keeps what it downloaded)"):
+        try:
+            import datasets
+        except ImportError:
+            raise ScriptError("this script needs the datasets package: pip install datasets")
+        if not sys.stderr.isatty():
+            datasets.disable_progress_bars()  # they would surround an error line in a log
+        worker_encoding()  # fails now, not after the download, if the BPE cannot be had; forked workers inherit it
 
-    # one 'train' split of about 8M documents, in the corpus's order
-    if source:
-        kind, files = corpus_files(source)
-        if kind == 'parquet':
-            check_parquet(files)  # a corrupt file is named before anything is read
-        builder, data_files, where = {'parquet': 'parquet', 'jsonl': 'json'}[kind], files, source
-    else:
-        builder, data_files, where = 'parquet', hub_files, hub_files
-    try:
-        corpus = datasets.load_dataset(builder, data_files={'train': data_files}, split='train', num_proc=num_proc)
-    except Exception as e:  # offline, the hub unreachable, a file unreadable
-        raise ScriptError(f"could not load the corpus from {where} ({type(e).__name__}: {first_line(e)})")
-    if 'text' not in corpus.column_names:
-        raise ScriptError(f"the corpus in {where} has no 'text' column (it has {', '.join(corpus.column_names)})")
-    if not source and len(corpus) != DOCUMENTS:
-        raise ScriptError(f"{where} holds {len(corpus):,} documents, OpenWebText {DOCUMENTS:,}: a partial copy "
-                          f"would give another split; point --hub_files at the whole corpus")
-    if len(corpus) < 2:
-        raise ScriptError(f"the corpus in {where} has {len(corpus)} document(s); it needs 2 to split")
+        # one 'train' split of about 8M documents, in the corpus's order
+        if source:
+            kind, files = corpus_files(source)
+            if kind == 'parquet':
+                check_parquet(files)  # a corrupt file is named before anything is read
+            builder, data_files, where = {'parquet': 'parquet', 'jsonl': 'json'}[kind], files, source
+        else:
+            builder, data_files, where = 'parquet', hub_files, hub_files
+        try:
+            corpus = datasets.load_dataset(builder, data_files={'train': data_files}, split='train', num_proc=num_proc)
+        except Exception as e:  # offline, the hub unreachable, a file unreadable
+            raise ScriptError(f"could not load the corpus from {where} ({type(e).__name__}: {first_line(e)})")
+        if 'text' not in corpus.column_names:
+            raise ScriptError(f"the corpus in {where} has no 'text' column (it has {', '.join(corpus.column_names)})")
+        if corpus.features['text'] not in (datasets.Value('string'), datasets.Value('large_string')):
+            raise ScriptError(f"the corpus in {where} has a 'text' that is not a string in every document (datasets "
+                              f"reads the column as {corpus.features['text']})")
+        texts = corpus.data.column('text')
+        if texts.null_count:  # documents without text: JSONL lines without one, nulls in Parquet files
+            import pyarrow.compute as pc
+            first = pc.index(texts.is_null(), True).as_py()
+            raise ScriptError(f"{texts.null_count:,} document(s) of the corpus in {where} have no text (the first: "
+                              f"document {first + 1:,} in the corpus's order, counted from 1); remove them or give "
+                              f"them a 'text'")
+        if not source and len(corpus) != DOCUMENTS:
+            raise ScriptError(f"{where} holds {len(corpus):,} documents, OpenWebText {DOCUMENTS:,}: a partial copy "
+                              f"would give another split; point --hub_files at the whole corpus")
+        if len(corpus) < 2:
+            raise ScriptError(f"the corpus in {where} has {len(corpus)} document(s); it needs 2 to split")
 
-    # hold out a small shuffled part for validation, as upstream nanoGPT does
-    splits = corpus.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-    splits['val'] = splits.pop('test')
-    tokenized = splits.map(tokenize, remove_columns=splits['train'].column_names, desc='tokenizing',
-                           num_proc=num_proc)
+        # hold out a small shuffled part for validation, as upstream nanoGPT does
+        splits = corpus.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+        splits['val'] = splits.pop('test')
+        tokenized = splits.map(tokenize, remove_columns=splits['train'].column_names, desc='tokenizing',
+                               num_proc=num_proc)
 
-    # each split into one flat file, a contiguous shard of documents at a time so memory stays small;
-    # both files are renamed into place only once both are whole
-    paths = {split: os.path.join(here, f'{split}.bin') for split in ('val', 'train')}
-    with atomic_write(paths['val']) as val_file, atomic_write(paths['train']) as train_file:
-        for split, f in (('val', val_file), ('train', train_file)):
-            docs = tokenized[split]
-            n_shards = max(1, min(1024, len(docs)))
-            for i in tqdm(range(n_shards), desc=f'writing {split}.bin'):
-                shard = docs.shard(num_shards=n_shards, index=i, contiguous=True).with_format('numpy')
-                if len(shard):
-                    write_tokens(f, np.concatenate(shard['ids']))
-    for split, path in paths.items():
-        print(f"{split}.bin has {os.path.getsize(path) // 2:,} tokens")
-    with atomic_write(os.path.join(here, 'meta.pkl')) as f:
-        pickle.dump({'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2', 'dtype': 'uint16'}, f)
+        # each split into one flat file, a contiguous shard of documents at a time so memory stays small;
+        # both files are renamed into place only once both are whole
+        paths = {split: os.path.join(here, f'{split}.bin') for split in ('val', 'train')}
+        with atomic_write(paths['val']) as val_file, atomic_write(paths['train']) as train_file:
+            for split, f in (('val', val_file), ('train', train_file)):
+                docs = tokenized[split]
+                n_shards = max(1, min(1024, len(docs)))
+                for i in tqdm(range(n_shards), desc=f'writing {split}.bin'):
+                    shard = docs.shard(num_shards=n_shards, index=i, contiguous=True).with_format('numpy')
+                    if len(shard):
+                        write_tokens(f, np.concatenate(shard['ids']))
+        files_written = {os.path.basename(path): os.path.getsize(path) // 2 for path in paths.values()}
+        for split, path in paths.items():
+            print(f"{split}.bin has {files_written[os.path.basename(path)]:,} tokens")
+        with atomic_write(os.path.join(here, 'meta.pkl')) as f:
+            pickle.dump({'vocab_size': PADDED_GPT2_VOCAB_SIZE, 'tokenizer': 'gpt2', 'dtype': 'uint16',
+                         'files': files_written}, f)

@@ -101,8 +101,9 @@ def check_inputs():
 
 
 def prepare_data():
-    if not os.path.exists(os.path.join(DATA, 'train.bin')):
-        run('prepare', [sys.executable, 'data/shakespeare_char/prepare.py'], ROOT)
+    for checkout in (ROOT, previous):  # an earlier checkout of this toolkit prepares its own, as it knows how
+        if checkout and not os.path.exists(os.path.join(checkout, 'data', 'shakespeare_char', 'train.bin')):
+            run('prepare', [sys.executable, 'data/shakespeare_char/prepare.py'], checkout)
     if upstream:
         target = os.path.join(upstream, 'data', 'shakespeare_char')
         os.makedirs(target, exist_ok=True)

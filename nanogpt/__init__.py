@@ -3,6 +3,7 @@ The helpers that train.py, sample.py, bench.py and the other scripts share, one 
 
     device.py       which device and dtype, autocast, torch.compile, the GPU peak-FLOPs table behind MFU
     data.py         datasets on disk (train.bin, val.bin or their shards, meta.pkl), batches, tokenizers
+                    (characters, GPT-2's BPE, a byte-level BPE trained on the data) and their fingerprints
     corpus.py       large text corpora for the prepare scripts: Parquet/JSONL folders, tokenizing workers, shards
     evaluation.py   a model measured: its loss on a whole split, HellaSwag (benchmarks/evaluate.py, train.py)
     files.py        files that are never half-written, folders swapped whole, a run's out_dir and its lock

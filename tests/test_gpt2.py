@@ -230,10 +230,12 @@ def test_finetune_and_sample_from_a_hf_directory(project, tmp_path, tiny_hf, gpt
     assert 'generated 8 tokens in' in proc.stderr
 
 
-def trained_checkpoint(path, bias, vocab_size, compiled_names):
+def trained_checkpoint(path, bias, vocab_size, compiled_names, dataset='shakespeare_char', **recipe):
     """A checkpoint as train.py writes it, of a tiny model whose weights (biases and LayerNorms
-    included) are random, so that every tensor matters to the logits."""
-    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=bias, vocab_size=vocab_size, dropout=0.0)
+    included) are random, so that every tensor matters to the logits; trained on dataset, and with
+    the recipe's model keys given."""
+    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=bias, vocab_size=vocab_size, dropout=0.0,
+                      **recipe)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**model_args))
     with torch.no_grad():
@@ -243,7 +245,7 @@ def trained_checkpoint(path, bias, vocab_size, compiled_names):
     if compiled_names:  # as torch.compile names them; export_hf.py must strip the prefix
         state = {'_orig_mod.' + k: v for k, v in state.items()}
     save_checkpoint(str(path), {'model': state, 'optimizer': {}, 'model_args': model_args, 'iter_num': 10,
-                                'best_val_loss': 3.0, 'config': {'dataset': 'shakespeare_char'}})
+                                'best_val_loss': 3.0, 'config': {'dataset': str(dataset)}})
     return model.eval()
 
 

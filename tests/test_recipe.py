@@ -211,7 +211,8 @@ def test_recipe_end_to_end(project, tmp_path):
     assert texts[0] == texts[1] and len(texts[0].splitlines()[-1]) > 0
 
     proc = run_script(project, 'benchmarks/evaluate.py', f'--out_dir={tmp_path}/a', '--device=cpu')
-    m = re.match(r'^val loss (\d+\.\d{4}) over 111,539 tokens$', proc.stdout.strip().splitlines()[-1])
+    m = re.match(r'^val loss (\d+\.\d{4}) over 111,539 tokens, \d\.\d{4} bits per byte over 111,539 bytes$',
+                 proc.stdout.strip().splitlines()[-1])
     assert m and abs(float(m.group(1)) - float(a[29])) < 0.5
 
     # two DDP ranks equal one process with two micro-steps, Muon's updates included. Two iterations:

@@ -356,6 +356,11 @@ class GPT(nn.Module):
             raise ValueError(f"cannot read {config_path}: {e}")
         except KeyError as e:
             raise ValueError(f"{config_path} lacks {e.args[0]}, which a GPT-2 config.json has")
+        beyond = [what for what, found in (('ReLU squared', hf.get('activation_function') == 'relu2'),
+                                           ('an untied head', hf.get('tie_word_embeddings') is False)) if found]
+        if beyond:  # export_hf.py writes the recipe's MLP and head in GPT-2's form too
+            raise ValueError(f"{config_path} is a GPT-2 with {' and '.join(beyond)}, not GPT-2's architecture, which "
+                             f"this loader reads; load it with transformers, or resume from its checkpoint")
         config_args['bias'] = True  # GPT-2 checkpoints always have biases
         config_args['dropout'] = override_args.get('dropout', 0.0)
         print(f"loading GPT-2 weights from {weights_path}")

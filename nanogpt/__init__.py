@@ -8,6 +8,8 @@ The helpers that train.py, sample.py, bench.py and the other scripts share, one 
     evaluation.py   a model measured: its loss on a whole split, HellaSwag (benchmarks/evaluate.py, train.py)
     files.py        files that are never half-written, folders swapped whole, a run's out_dir and its lock
     checkpoint.py   checkpoints: save, load, and the model to start from (init_from)
+    export.py       a model and its tokenizer in the forms transformers reads (export_hf.py); beside it,
+                    modeling_nanogpt.py, the custom code of exports that no transformers architecture computes
     distributed.py  torchrun: process group, DDP or FSDP2, full state dicts of sharded models
     training.py     one optimizer step, as train.py runs it and bench.py times it; when a run diverged
 

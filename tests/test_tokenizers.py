@@ -199,8 +199,8 @@ def test_bits_per_byte_against_a_hand_computation(tmp_path, monkeypatch, capsys,
 
 def test_a_dataset_prepared_again_with_other_characters_is_caught(tmp_path):
     """A checkpoint records its dataset's tokenizer. The dataset prepared again from text of as many
-    characters, but other ones, keeps vocab_size: resume, sample.py and evaluate.py stop with one
-    line; a checkpoint from before fingerprints still loads."""
+    characters, but other ones, keeps vocab_size: resume, sample.py, evaluate.py and export_hf.py stop
+    with one line; a checkpoint from before fingerprints still loads."""
     project = copy_project(tmp_path / 'project')
     source, other = tmp_path / 'a.txt', tmp_path / 'b.txt'
     text = multilingual_text(1500, seed=6)
@@ -225,7 +225,8 @@ def test_a_dataset_prepared_again_with_other_characters_is_caught(tmp_path):
     results = run_cases([dict(cwd=project, argv=argv) for argv in (
         ['train.py', f'--dataset={tmp_path}/ds', *TRAIN_ARGS, '--max_iters=8', f'--out_dir={out}', '--init_from=resume'],
         [*SAMPLE, f'--out_dir={out}', '--start=' + shift[text[0]]],
-        ['benchmarks/evaluate.py', f'--out_dir={out}', '--device=cpu'])])
+        ['benchmarks/evaluate.py', f'--out_dir={out}', '--device=cpu'],
+        ['export_hf.py', f'--out_dir={out}'])])
     for result in results:
         line = one_error_line(result)
         assert f"the model was trained with another tokenizer ({ckpt['tokenizer_fingerprint']}) than dataset " \
@@ -288,6 +289,16 @@ def test_bad_inputs_are_one_line_and_change_nothing(bpe_run, tmp_path):
         (['benchmarks/evaluate.py', '--device=cpu'], "evaluating on another vocabulary",
          [f'--out_dir={out}', f'--dataset={base}/other_vocab'],
          f"the model's vocabulary (300 tokens) is not that of dataset {base}/other_vocab (280 tokens)"),
+        (['export_hf.py'], 'tokenizer file missing at export time', [f'--out_dir={base}/ckpt_no_tok'],
+         f"{base}/no_tok/tokenizer.json is missing"),
+        (['export_hf.py'], 'tokenizer file corrupt at export time', [f'--out_dir={base}/ckpt_bad_tok'],
+         f"{base}/bad_tok/tokenizer.json is not a tokenizer file"),
+        (['export_hf.py'], "a checkpoint whose vocabulary is not its dataset tokenizer's",
+         [f'--out_dir={base}/ckpt_other_vocab'], "the model's vocabulary (300 tokens) is not that of dataset"),
+        (['export_hf.py'], 'push_to_hub without a login', [f'--out_dir={out}', '--push_to_hub=someone/model'],
+         "push_to_hub needs a Hugging Face login: run hf auth login"),
+        (['export_hf.py'], 'push_to_hub to a name the hub refuses', [f'--out_dir={out}', '--push_to_hub=a/b/c'],
+         "push_to_hub='a/b/c' is not a repository name the hub takes"),
     ]
     before = snapshot(base, out, project / 'data')
     results = run_cases([dict(cwd=project, argv=[*script, *args], env=no_login) for script, _, args, _ in cases])

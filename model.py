@@ -356,6 +356,11 @@ class GPT(nn.Module):
             raise ValueError(f"cannot read {config_path}: {e}")
         except KeyError as e:
             raise ValueError(f"{config_path} lacks {e.args[0]}, which a GPT-2 config.json has")
+        beyond = [what for what, found in (('ReLU squared', hf.get('activation_function') == 'relu2'),
+                                           ('an untied head', hf.get('tie_word_embeddings') is False)) if found]
+        if beyond:  # export_hf.py writes the recipe's MLP and head in GPT-2's form too
+            raise ValueError(f"{config_path} is a GPT-2 with {' and '.join(beyond)}, not GPT-2's architecture, which "
+                             f"this loader reads; load it with transformers, or resume from its checkpoint")
         config_args['bias'] = True  # GPT-2 checkpoints always have biases
         config_args['dropout'] = override_args.get('dropout', 0.0)
         print(f"loading GPT-2 weights from {weights_path}")
@@ -392,10 +397,12 @@ class GPT(nn.Module):
                                  ns_dtype=muon_ns_dtype), adamw)
 
     @torch.no_grad()
-    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True,
+                        n_tokens=None):
         """Yields one (b, 1) tensor of new tokens at a time, each conditioned on idx and those before it.
         With kv_cache each step feeds only the newest token; once the sequence outgrows block_size the
-        cache is rebuilt from the last block_size tokens at each step, as the uncached path sees them."""
+        cache is rebuilt from the last block_size tokens at each step, as the uncached path sees them.
+        n_tokens: only ids below it are drawn (a padded vocabulary's extra ids stand for no token)."""
         block_size = self.config.block_size
         dtype = compute_dtype(idx.device, self.lm_head.weight.dtype)
         cache = KVCache(self.config, idx.size(0), idx.device, dtype) if kv_cache else None
@@ -408,7 +415,7 @@ class GPT(nn.Module):
                 context = idx[:, -block_size:]
             with decoding_attention():
                 logits, _ = self(context, kv_cache=cache)
-            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
+            idx_next = sample_next_token(logits[:, -1, :n_tokens], temperature, top_k, top_p)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
 

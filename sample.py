@@ -5,7 +5,6 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --n
 """
 
 import codecs
-import os
 import sys
 import time
 
@@ -14,7 +13,7 @@ import torch
 from configurator import configure
 from nanogpt import ScriptError
 from nanogpt.checkpoint import init_model
-from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab, dataset_dir, load_meta, load_tokenizer
+from nanogpt.data import load_tokenizer, model_tokenizer, token_bytes
 from nanogpt.device import autocast, compile_model, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
@@ -41,24 +40,15 @@ torch.backends.cudnn.allow_tf32 = True
 
 # model, and the tokenizer it was trained with: its dataset's meta.pkl, else GPT-2's BPE; they must agree
 model, checkpoint = init_model(init_from, out_dir, dropout=0.0)
-meta, where = {}, f"GPT-2's tokenizer, the one sample.py has for init_from={init_from}"
-train_config = checkpoint.get('config') if checkpoint is not None else None
-train_dataset = train_config.get('dataset') if isinstance(train_config, dict) else None
-train_dataset = train_dataset if isinstance(train_dataset, str) and train_dataset else None
-if train_dataset:
-    meta, where = load_meta(dataset_dir(train_dataset)), f"dataset {train_dataset}"
-    if not meta and model.config.vocab_size < GPT2_VOCAB_SIZE:
-        raise ScriptError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's and "
-                          f"{os.path.join(dataset_dir(train_dataset), 'meta.pkl')} is missing; prepare that dataset "
-                          f"again")
-check_vocab(meta, model.config.vocab_size, where, "the model was trained on other tokens than these (was the dataset "
-            "prepared again since?)" if train_dataset else "sample from its checkpoint instead (--out_dir)")
+meta, data_dir, where = model_tokenizer(checkpoint, model.config.vocab_size, f"GPT-2's tokenizer, the one sample.py "
+                                        f"has for init_from={init_from}", "sample from its checkpoint instead (--out_dir)")
 checkpoint = None
 model.eval()
 model.to(device)
 if compile:
     model.forward = compile_model(model.forward, device)  # generate() calls forward
-encode, decode_bytes = load_tokenizer(meta, where)
+encode, decode_bytes = load_tokenizer(meta, where, data_dir)
+n_tokens = len(token_bytes(meta, where, data_dir)[0])  # a padded vocabulary's extra ids are no tokens: never drawn
 
 if start.startswith('FILE:'):
     try:
@@ -76,7 +66,7 @@ generated, t0 = 0, time.time()
 with torch.no_grad(), autocast(device, dtype):
     for k in range(num_samples):
         tokens = model.generate_tokens(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       kv_cache=kv_cache)
+                                       kv_cache=kv_cache, n_tokens=n_tokens)
         if num_samples == 1:
             text = codecs.getincrementaldecoder('utf-8')(errors='replace')  # BPE tokens can split a character
             sys.stdout.write(text.decode(decode_bytes(start_ids)))

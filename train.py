@@ -17,6 +17,7 @@ Log lines: 'iter N: loss X, time Yms, mfu Z%' per log_interval iterations and
 
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -28,8 +29,8 @@ from configurator import configure
 from nanogpt import ScriptError, distributed
 from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, init_model, planned_model, save_checkpoint,
                                 shape_warning)
-from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, dataset_dir, get_batch, get_ordered_batch, load_meta, open_split,
-                          row_count, short)
+from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, check_fingerprint, dataset_dir, get_batch, get_ordered_batch,
+                          load_meta, open_split, row_count, short, tokenizer_fingerprint)
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
                             keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype, pick_device, pick_dtype,
                             select_sdpa_backend)
@@ -148,6 +149,7 @@ ctx = autocast(device, dtype)
 # data: the vocabulary from meta.pkl where the dataset has one, else GPT-2's
 data_dir = dataset_dir(dataset)
 meta = load_meta(data_dir)
+fingerprint = tokenizer_fingerprint(meta, data_dir)  # checkpoints record it; reads a 'bpe' dataset's tokenizer file
 
 # the model's shape, known before it is built (out_dir's checkpoint for a resume, GPT-2's for gpt2*),
 # checked against the data and the device's memory before anything is allocated or written
@@ -162,6 +164,8 @@ if checkpoint is not None and 'train_row' in checkpoint and not (type(checkpoint
                       f"it is damaged")
 if planned is not None and init_from != 'scratch':
     check_start(planned, checkpoint, block_size, meta, dataset, optimizer)
+    check_fingerprint(checkpoint, fingerprint, f"dataset {dataset}", "its ids would stand for other text: resume with "
+                      "the dataset as it was prepared for this run")
 vocab_size = (planned or model_args)['vocab_size']
 train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
@@ -182,11 +186,14 @@ out_dir_lock = distributed.on_master(master_process, device, claim_out_dir, out_
 
 # model: from scratch, from out_dir's checkpoint (its shape), or GPT-2's weights; dropout as configured
 model, checkpoint = init_model(init_from, out_dir, dropout, model_args, checkpoint)
+commands = [shlex.join(['python', *sys.argv]) + (f" (under torchrun, {world_size} processes)" if ddp else '')]
 iter_num, best_val_loss, last_eval_iter = 0, 1e9, None
 if checkpoint is not None:
     if master_process and (warning := shape_warning(config, planned)):
         print(warning, file=sys.stderr)
     iter_num = int(checkpoint['iter_num'])
+    if isinstance(checkpoint.get('commands'), list):  # the command lines before this resume
+        commands = [c for c in checkpoint['commands'] if isinstance(c, str)] + commands
     best_val_loss = float(checkpoint['best_val_loss'])
     last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
 # data_order='sequential': iteration it reads the rows_per_iter rows of the training split from
@@ -328,6 +335,8 @@ def write_checkpoint(resume_at, evaluated_at):
         'last_eval_iter': evaluated_at,
         'train_row': train_row(resume_at),  # where data_order='sequential' continues
         'config': config,
+        'tokenizer_fingerprint': fingerprint,  # which tokenizer the ids meant (sample.py, export_hf.py compare it)
+        'commands': commands,  # the command lines that trained it, for the model card of an export
     })
     return time.time() - t0
 

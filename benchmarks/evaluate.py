@@ -3,14 +3,19 @@ Scores a trained model (out_dir's checkpoint) or GPT-2's weights, beyond the eva
 that train.py's 'val loss' averages:
 - the loss on a whole split of its dataset: every token of the split, in consecutive windows of the
   model's block_size, so two runs or two recipes are compared on the same tokens;
+- bits per byte beside it, which compare models with different tokenizers on the same text: the
+  nats of all the scored tokens (every token but the first) / ln 2 / the UTF-8 bytes of the text those
+  tokens stand for (<|endoftext|> stands for none);
 - with --hellaswag=True, HellaSwag accuracy in completion style (GPT-2's tokens only).
 $ python benchmarks/evaluate.py --out_dir=out-shakespeare-char
 $ python benchmarks/evaluate.py --init_from=gpt2 --dataset=openwebtext
 $ python data/hellaswag/prepare.py && python benchmarks/evaluate.py --init_from=gpt2 --hellaswag=True   # published: acc_norm 0.2955
-The last line is always 'val loss X over N tokens', or for HellaSwag
+The last line is always 'val loss X over N tokens, Y bits per byte over B bytes' ('bits per byte n/a'
+where the dataset names no tokenizer), or for HellaSwag
 'hellaswag: acc_norm X (right/examples), acc Y (right/examples), Zs'.
 """
 
+import math
 import os
 import sys
 import time
@@ -22,9 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configurator import configure
 from nanogpt import ScriptError
 from nanogpt.checkpoint import init_model
-from nanogpt.data import dataset_dir, load_meta, open_split
+from nanogpt.data import (check_fingerprint, check_vocab, dataset_dir, load_meta, open_split, token_bytes,
+                          tokenizer_fingerprint)
 from nanogpt.device import autocast, pick_device, pick_dtype
-from nanogpt.evaluation import HELLASWAG_PATH, hellaswag_accuracy, hellaswag_for_model, load_hellaswag, whole_split_loss
+from nanogpt.evaluation import (HELLASWAG_PATH, hellaswag_accuracy, hellaswag_for_model, load_hellaswag, text_bytes,
+                                whole_split_loss)
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir's checkpoint), a GPT-2 name ('gpt2', ...) or a Hugging Face GPT-2 directory
@@ -62,7 +69,18 @@ else:
     dataset = dataset or (checkpoint or {}).get('config', {}).get('dataset', '')
     if not dataset:
         raise ScriptError("which dataset? give --dataset=NAME (the model comes without one)")
-    data_dir = dataset_dir(dataset)
-    data = open_split(data_dir, split, load_meta(data_dir), model.config.block_size, model.config.vocab_size, dataset)
+    data_dir, where = dataset_dir(dataset), f"dataset {dataset}"
+    meta = load_meta(data_dir)
+    check_vocab(meta, model.config.vocab_size, where, "score it on a dataset of the tokens it was trained on")
+    fingerprint = tokenizer_fingerprint(meta, data_dir)  # None: the dataset names no tokenizer
+    check_fingerprint(checkpoint, fingerprint, where, "its ids stand for other text there; score it on a dataset of "
+                      "the tokenizer it was trained with")
+    data = open_split(data_dir, split, meta, model.config.block_size, model.config.vocab_size, dataset)
     loss, n_tokens = whole_split_loss(model, data, model.config.block_size, batch_size, device, ctx)
-    print(f"{split} loss {loss:.4f} over {n_tokens:,} tokens")
+    bpb = 'bits per byte n/a (the dataset names no tokenizer)'
+    if fingerprint is not None:
+        table, special = token_bytes(meta, where, data_dir)
+        n_bytes = text_bytes(data, [0 if i in special else len(b) for i, b in enumerate(table)])
+        bpb = f"{loss * n_tokens / math.log(2) / n_bytes:.4f} bits per byte over {n_bytes:,} bytes" if n_bytes else \
+            'bits per byte n/a (the scored tokens stand for no text)'
+    print(f"{split} loss {loss:.4f} over {n_tokens:,} tokens, {bpb}")

@@ -3,10 +3,13 @@ The helpers that train.py, sample.py, bench.py and the other scripts share, one 
 
     device.py       which device and dtype, autocast, torch.compile, the GPU peak-FLOPs table behind MFU
     data.py         datasets on disk (train.bin, val.bin or their shards, meta.pkl), batches, tokenizers
+                    (characters, GPT-2's BPE, a byte-level BPE trained on the data) and their fingerprints
     corpus.py       large text corpora for the prepare scripts: Parquet/JSONL folders, tokenizing workers, shards
     evaluation.py   a model measured: its loss on a whole split, HellaSwag (benchmarks/evaluate.py, train.py)
     files.py        files that are never half-written, folders swapped whole, a run's out_dir and its lock
     checkpoint.py   checkpoints: save, load, and the model to start from (init_from)
+    export.py       a model and its tokenizer in the forms transformers reads (export_hf.py); beside it,
+                    modeling_nanogpt.py, the custom code of exports that no transformers architecture computes
     distributed.py  torchrun: process group, DDP or FSDP2, full state dicts of sharded models
     training.py     one optimizer step, as train.py runs it and bench.py times it; when a run diverged
 

@@ -4,13 +4,17 @@ Datasets on disk, batches and tokenizers, shared by the prepare scripts, train.p
 A dataset is a folder data/<name>/ with train.bin and val.bin, flat arrays of token ids (uint16, or
 uint32 where meta.pkl says 'dtype': 'uint32'), or with each split in shards train_000.bin,
 train_001.bin, ... (or build-nanogpt's edufineweb_train_000001.npy, ...) read as one; and meta.pkl with
-vocab_size, the tokenizer ('char' datasets carry stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE)
-and the files the preparation wrote with their token counts ('files': {name: tokens}).
+vocab_size, the tokenizer ('char' datasets carry stoi and itos, 'gpt2' ones use tiktoken's GPT-2 BPE, 'bpe'
+ones a byte-level BPE trained on their own text, kept beside them in the file meta.pkl names:
+'tokenizer_file': 'tokenizer.json') and the files the preparation wrote with their token counts
+('files': {name: tokens}).
 
 Batches are random windows (upstream's sampler, get_batch), or the split read in order, row after row
 (get_ordered_batch: train.py's data_order='sequential' and fixed_val_set).
 """
 
+import hashlib
+import json
 import os
 import pickle
 import re
@@ -26,6 +30,7 @@ GPT2_VOCAB_SIZE = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext
 GPT2_EOT_TOKEN = 50256  # <|endoftext|>
 PADDED_GPT2_VOCAB_SIZE = 50304  # GPT-2's vocabulary padded up to a multiple of 64 for speed, as upstream's
 GPT2_BPE_ENV = 'NANOGPT_GPT2_BPE'
+EOT = '<|endoftext|>'  # the special token between documents (GPT-2's, and that of a BPE trained here)
 FULL_CHECK_TOKENS = 1 << 29  # token files up to this size are checked whole at start; larger ones batch by batch
 
 
@@ -421,9 +426,20 @@ def check_vocab(meta, model_vocab, where, hint):
     raise ScriptError(f"the model's vocabulary ({model_vocab} tokens) is not that of {where} ({data}); {hint}")
 
 
-def load_tokenizer(meta, where='this dataset'):
+def load_tokenizer(meta, where='this dataset', data_dir=None):
     """(encode, decode_bytes) for a dataset's meta: text -> ids, ids -> UTF-8 bytes. Bytes, because
-    a GPT-2 token can hold part of a character: decode them with an incremental UTF-8 decoder."""
+    a BPE token can hold part of a character: decode them with an incremental UTF-8 decoder. A
+    'bpe' dataset's tokenizer file is read from data_dir."""
+    if meta.get('tokenizer') == 'bpe':
+        tokenizer = read_bpe(meta, data_dir)[0]
+        table = bpe_token_bytes(tokenizer, where)
+
+        def encode(text):
+            return tokenizer.encode(text, add_special_tokens=False).ids  # <|endoftext|> written out is that token
+
+        def decode_bytes(ids):
+            return b''.join(table[i] for i in ids if i < len(table))
+        return encode, decode_bytes
     if 'stoi' in meta and 'itos' in meta:
         stoi, itos = meta['stoi'], meta['itos']
 
@@ -451,6 +467,139 @@ def load_tokenizer(meta, where='this dataset'):
     return encode, decode_bytes
 
 
+def byte_alphabet():
+    """The character that stands for each byte in a byte-level BPE's token strings (GPT-2's vocab.json
+    and merges.txt, Hugging Face's ByteLevel): the printable Latin-1 bytes stand for themselves, the
+    others (control bytes, space, ...) take the characters from U+0100 on, in byte order."""
+    printable = {*range(ord('!'), ord('~') + 1), *range(ord('\xa1'), ord('\xac') + 1), *range(ord('\xae'), 256)}
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
+def train_bpe(texts, vocab_size, show_progress=False):
+    """A byte-level BPE of vocab_size tokens trained on texts (an iterable of strings, read once, so a
+    corpus need not be in memory) by Hugging Face's tokenizers: <|endoftext|> (id 0), the 256 bytes,
+    then the merges. Any UTF-8 text encodes (there is no unknown token) and decodes back exactly: no
+    normalisation, no space added in front. Stops short of vocab_size where the text has no more pairs
+    to merge; the caller checks get_vocab_size()."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizer = Tokenizer(models.BPE())
+    # GPT-2's pre-tokenizer: words, numbers, punctuation and spaces split apart before merging, bytes as characters
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=show_progress,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def read_bpe(meta, data_dir):
+    """The tokenizer of a 'bpe' dataset, from the file its meta.pkl names in data_dir: (tokenizers.Tokenizer,
+    the file's bytes). A file that is missing, that is no tokenizer, or whose size is not meta's
+    vocab_size is one error line."""
+    name = meta.get('tokenizer_file', 'tokenizer.json')
+    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in ('.', '..'):
+        raise ScriptError(f"the meta.pkl of {data_dir} names the tokenizer file {short(name)}, not a file name in "
+                          f"its folder; prepare the dataset again")
+    path = os.path.join(data_dir or '.', name)
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ScriptError(f"{path} is missing: the dataset's tokenizer (its meta.pkl names it); prepare the dataset "
+                          f"again with data/prepare.py --tokenizer=bpe")
+    except OSError as e:
+        raise ScriptError(f"cannot read {path}: {e.strerror or e}")
+    from tokenizers import Tokenizer
+    try:
+        tokenizer = Tokenizer.from_str(raw.decode('utf-8'))
+    except Exception as e:  # UnicodeDecodeError, or the Rust library's Exception for what it cannot parse
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ScriptError(f"{path} is not a tokenizer file ({reason}); prepare the dataset again")
+    if tokenizer.get_vocab_size() != meta.get('vocab_size'):
+        raise ScriptError(f"{path} has {tokenizer.get_vocab_size()} tokens, but the dataset's meta.pkl says "
+                          f"vocab_size={short(meta.get('vocab_size'))}; prepare the dataset again")
+    return tokenizer, raw
+
+
+def bpe_token_bytes(tokenizer, where):
+    """The bytes each id of a byte-level BPE stands for (special tokens: their name, as its decoder
+    writes them), a list indexed by id. A tokenizer that is not byte-level is one error line."""
+    byte_of = {c: b for b, c in enumerate(byte_alphabet())}
+    special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    table = [b''] * tokenizer.get_vocab_size()
+    for token, i in tokenizer.get_vocab().items():
+        if token in special:
+            table[i] = token.encode('utf-8')
+        elif all(c in byte_of for c in token):
+            table[i] = bytes(byte_of[c] for c in token)
+        else:
+            raise ScriptError(f"the tokenizer of {where} is not a byte-level BPE (its token {short(token)} is not "
+                              f"bytes); prepare the dataset again with data/prepare.py --tokenizer=bpe")
+    return table
+
+
+def token_bytes(meta, where='this dataset', data_dir=None):
+    """(the bytes each id stands for, a list indexed by id; the ids of special tokens) for a dataset's
+    tokenizer. Its length is the number of ids the tokenizer makes (GPT-2's 50257, where the model's
+    vocabulary is padded to 50304). The special tokens (<|endoftext|>) decode to their name but stand
+    for no text: bits per byte counts them as no bytes."""
+    if meta.get('tokenizer') == 'bpe':
+        tokenizer = read_bpe(meta, data_dir)[0]
+        return bpe_token_bytes(tokenizer, where), set(tokenizer.get_added_tokens_decoder())
+    if 'stoi' in meta and 'itos' in meta:
+        itos = meta['itos']
+        return [itos.get(i, '').encode('utf-8') for i in range(max(itos, default=-1) + 1)], set()
+    load_tokenizer(meta, where)  # the one error line of a dataset without a tokenizer
+    enc = gpt2_encoding()
+    return [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)], {enc.eot_token}
+
+
+def tokenizer_fingerprint(meta, data_dir=None):
+    """A short name of a dataset's tokenizer, which checkpoints record: 'gpt2', 'char-<size>-<hash>' (the
+    hash of its characters in id order) or 'bpe-<size>-<hash>' (of its tokenizer file); None where meta
+    names no tokenizer. A dataset prepared again from other text can keep its vocab_size; its
+    fingerprint changes, so that no model is run on ids that now stand for other text."""
+    if meta.get('tokenizer') == 'bpe':
+        tokenizer, raw = read_bpe(meta, data_dir)
+        return f"bpe-{tokenizer.get_vocab_size()}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    if 'stoi' in meta and 'itos' in meta:
+        chars = json.dumps([meta['itos'][i] for i in sorted(meta['itos'])], ensure_ascii=False)
+        return f"char-{len(meta['itos'])}-{hashlib.sha256(chars.encode('utf-8')).hexdigest()[:16]}"
+    return 'gpt2' if is_gpt2_data(meta) else None
+
+
+def model_tokenizer(checkpoint, model_vocab, where, hint):
+    """(meta, data_dir, where) of the tokenizer a model reads: that of the dataset its checkpoint names
+    (its meta.pkl and folder), else GPT-2's (meta {}, data_dir None, the where given, for GPT-2's weights
+    and Hugging Face directories). Stops, with hint, where the model's vocabulary is not the
+    tokenizer's, or its checkpoint records another tokenizer (the dataset was prepared again)."""
+    config = checkpoint.get('config') if isinstance(checkpoint, dict) else None
+    dataset = config.get('dataset') if isinstance(config, dict) else None
+    meta, data_dir = {}, None
+    if isinstance(dataset, str) and dataset:
+        data_dir, where = dataset_dir(dataset), f"dataset {dataset}"
+        meta = load_meta(data_dir)
+        if not meta and model_vocab < GPT2_VOCAB_SIZE:
+            raise ScriptError(f"the model's vocabulary ({model_vocab} tokens) is not GPT-2's and "
+                              f"{os.path.join(data_dir, 'meta.pkl')} is missing; prepare that dataset again")
+        hint = "the model was trained on other tokens than these (was the dataset prepared again since?)"
+    check_vocab(meta, model_vocab, where, hint)
+    check_fingerprint(checkpoint, tokenizer_fingerprint(meta, data_dir), where, hint)
+    return meta, data_dir, where
+
+
+def check_fingerprint(checkpoint, fingerprint, where, hint):
+    """Stops, with hint, where a checkpoint records another tokenizer than fingerprint (tokenizer_fingerprint
+    of the dataset at hand). Checkpoints from before fingerprints (and upstream's) record none: no check."""
+    recorded = checkpoint.get('tokenizer_fingerprint') if isinstance(checkpoint, dict) else None
+    if recorded is None or fingerprint is None or recorded == fingerprint:
+        return
+    shown = recorded[:60] if isinstance(recorded, str) else short(recorded)
+    raise ScriptError(f"the model was trained with another tokenizer ({shown}) than {where} has ({fingerprint}); "
+                      f"{hint}")
+
+
 # ----------------------------------------------------------------------------- writing datasets
 
 def write_tokens(f, ids, dtype=np.uint16):
@@ -459,25 +608,45 @@ def write_tokens(f, ids, dtype=np.uint16):
     f.write(memoryview(np.ascontiguousarray(ids, dtype=dtype)).cast('B'))
 
 
-def write_dataset(out_dir, train_ids, val_ids, meta, source='the text'):
-    """train.bin, val.bin and meta.pkl in out_dir, swapped in together with files.swap_in, meta.pkl
-    last: whatever happens, readers find the old dataset whole or the new one whole. A kill while
-    the files are written leaves the old ones (and temporary .tmp files); a kill while they are
-    renamed leaves a journal that the next reader (load_meta) or writer completes; a full disk is
-    one error line, the old files kept. meta gains the token dtype and the files with their token
-    counts. A split of fewer than 2 tokens (nothing to predict) is refused before anything is written."""
-    if len(train_ids) < 2 or len(val_ids) < 2:
-        raise ScriptError(f"{source} is too small to split: train gets {len(train_ids)} tokens and val "
-                          f"{len(val_ids)}, each needs at least 2; give more text")
+def write_dataset(out_dir, train_ids, val_ids, meta, source='the text', extra_files=None):
+    """train.bin, val.bin and meta.pkl (and extra_files) in out_dir from two arrays of ids: write_token_stream
+    with one piece per split."""
+    return write_token_stream(out_dir, [('train', train_ids), ('val', val_ids)], meta, source, extra_files)
+
+
+def write_token_stream(out_dir, pieces, meta, source='the text', extra_files=None):
+    """train.bin, val.bin and meta.pkl in out_dir (and extra_files, {name: bytes}, such as the tokenizer), swapped
+    in together with files.swap_in, meta.pkl last: whatever happens, readers find the old dataset whole
+    or the new one whole. pieces yields (split, ids) pairs, 'train' or 'val' and an array of ids, each
+    appended to its split's file as it comes: a corpus larger than memory is written piece by piece.
+    A kill while the files are written leaves the old ones (and temporary .tmp files); a kill while
+    they are renamed leaves a journal that the next reader (load_meta) or writer completes; a full disk
+    is one error line, the old files kept. meta gains the token dtype and the token files with their
+    counts ('files'). A split of fewer than 2 tokens (nothing to predict) is refused, and nothing changes."""
     dtype = np.uint32 if meta['vocab_size'] > 65535 else np.uint16
-    meta = dict(meta, dtype=np.dtype(dtype).name, files={'train.bin': len(train_ids), 'val.bin': len(val_ids)})
-    with swap_in(out_dir, ('train.bin', 'val.bin', 'meta.pkl')) as staged:
-        for name, ids in (('train.bin', train_ids), ('val.bin', val_ids)):
+    meta = dict(meta, dtype=np.dtype(dtype).name)
+    extra_files = extra_files or {}
+    with swap_in(out_dir, ('train.bin', 'val.bin', *extra_files, 'meta.pkl')) as staged:
+        counts = {'train': 0, 'val': 0}
+        with open(staged['train.bin'], 'wb') as train_file, open(staged['val.bin'], 'wb') as val_file:
+            out = {'train': train_file, 'val': val_file}
+            for split, ids in pieces:
+                write_tokens(out[split], ids, dtype)
+                counts[split] += len(ids)
+        if counts['train'] < 2 or counts['val'] < 2:
+            raise too_small(source, counts['train'], counts['val'])
+        meta['files'] = {'train.bin': counts['train'], 'val.bin': counts['val']}
+        for name, data in extra_files.items():
             with open(staged[name], 'wb') as f:
-                write_tokens(f, ids, dtype)
+                f.write(data)
         with open(staged['meta.pkl'], 'wb') as f:
             pickle.dump(meta, f)
     return meta
+
+
+def too_small(source, n_train, n_val):
+    return ScriptError(f"{source} is too small to split: train gets {n_train} tokens and val {n_val}, each needs "
+                       f"at least 2; give more text")
 
 
 def read_text(path):

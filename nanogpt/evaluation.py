@@ -49,6 +49,18 @@ def whole_split_loss(model, data, block_size, batch_size, device, ctx):
     return total.item() / n_pred, n_pred
 
 
+def text_bytes(data, lengths, chunk=1 << 22):
+    """The UTF-8 bytes that the tokens whole_split_loss scores (all of data but its first token) stand
+    for: lengths[id] for each, summed a chunk at a time (data may be a memmap larger than memory). An id
+    past lengths (a padded vocabulary's) stands for none."""
+    lengths = np.asarray(list(lengths) + [0], dtype=np.int64)  # the last entry for ids past the table
+    total = 0
+    for lo in range(1, len(data), chunk):
+        ids = np.asarray(data[lo:lo + chunk]).astype(np.int64)
+        total += int(lengths[np.minimum(ids, len(lengths) - 1)].sum())
+    return total
+
+
 def parse_hellaswag(lines, where):
     """[(context, [4 endings], label)] of HellaSwag's JSONL lines; a line in another format ends the
     script with one line that says which and why."""

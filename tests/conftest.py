@@ -4,6 +4,7 @@ text the project ships, the GPT-2 BPE file from ../shared/data, and a tiny model
 import json
 import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -166,3 +167,37 @@ def project(tmp_path_factory):
     dest = copy_project(tmp_path_factory.mktemp('project'))
     run_script(dest, 'data/shakespeare_char/prepare.py')
     return dest
+
+
+# words of several scripts (Latin with accents, Cyrillic, Greek, CJK, emoji): the tokenizer tests' text
+WORDS = ['the', 'quick', 'brown', 'fox', 'café', 'naïve', 'Straße', 'привет', 'мир', 'книга', 'Ελληνικά', 'λόγος',
+         '你好', '世界', '学习', '日本語', '🙂', '🚀', '👍🏽', 'x²']
+
+
+def multilingual_text(words, seed=0):
+    """words words of WORDS with spaces, punctuation and line breaks between them, the same for a seed."""
+    rng = random.Random(seed)
+    return ''.join(rng.choice(WORDS) + rng.choice([' '] * 6 + [', ', '. ', '\n', '! ']) for _ in range(words))
+
+
+def text_dataset(folder, text, tokenizer='char', vocab_size=None):
+    """text as a dataset the way data/prepare.py makes one of a file (the first 90% of the characters to
+    train on, the BPE trained on those only), written in this process: 'char', or 'bpe' of vocab_size."""
+    from nanogpt.data import char_vocab, train_bpe, write_dataset
+    split = int(len(text) * 0.9)
+    files = None
+    if tokenizer == 'char':
+        stoi, itos = char_vocab(text)
+        meta = {'vocab_size': len(stoi), 'itos': itos, 'stoi': stoi, 'tokenizer': 'char'}
+
+        def encode(part):
+            return [stoi[c] for c in part]
+    else:
+        bpe = train_bpe([text[:split]], vocab_size)
+        assert bpe.get_vocab_size() == vocab_size  # the text fills it
+        meta = {'vocab_size': vocab_size, 'tokenizer': 'bpe', 'tokenizer_file': 'tokenizer.json'}
+        files = {'tokenizer.json': bpe.to_str().encode('utf-8')}
+
+        def encode(part):
+            return bpe.encode(part).ids
+    return write_dataset(folder, encode(text[:split]), encode(text[split:]), meta, files=files)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import REPO, TINY, run_script
+from conftest import REPO, TINY, multilingual_text, run_script, text_dataset
 from model import GPT, GPTConfig
 from nanogpt.checkpoint import save_checkpoint
 from nanogpt.data import write_dataset
@@ -230,10 +230,12 @@ def test_finetune_and_sample_from_a_hf_directory(project, tmp_path, tiny_hf, gpt
     assert 'generated 8 tokens in' in proc.stderr
 
 
-def trained_checkpoint(path, bias, vocab_size, compiled_names):
+def trained_checkpoint(path, bias, vocab_size, compiled_names, dataset='shakespeare_char', **recipe):
     """A checkpoint as train.py writes it, of a tiny model whose weights (biases and LayerNorms
-    included) are random, so that every tensor matters to the logits."""
-    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=bias, vocab_size=vocab_size, dropout=0.0)
+    included) are random, so that every tensor matters to the logits; trained on dataset, and with
+    the recipe's model keys given."""
+    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=bias, vocab_size=vocab_size, dropout=0.0,
+                      **recipe)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**model_args))
     with torch.no_grad():
@@ -243,7 +245,7 @@ def trained_checkpoint(path, bias, vocab_size, compiled_names):
     if compiled_names:  # as torch.compile names them; export_hf.py must strip the prefix
         state = {'_orig_mod.' + k: v for k, v in state.items()}
     save_checkpoint(str(path), {'model': state, 'optimizer': {}, 'model_args': model_args, 'iter_num': 10,
-                                'best_val_loss': 3.0, 'config': {'dataset': 'shakespeare_char'}})
+                                'best_val_loss': 3.0, 'config': {'dataset': str(dataset)}})
     return model.eval()
 
 
@@ -258,27 +260,31 @@ def run_in_process(monkeypatch, script, *args):
     return None
 
 
-@pytest.mark.parametrize('bias, vocab_size', [(False, 65), (True, 50304)])
-def test_export_then_reload_gives_the_same_logits(tmp_path, monkeypatch, capsys, bias, vocab_size):
+@pytest.mark.parametrize('bias, tokenizer', [(False, 'char'), (True, 'bpe')])
+def test_export_then_reload_gives_the_same_logits(tmp_path, monkeypatch, capsys, bias, tokenizer):
     out = tmp_path / 'out'
-    model = trained_checkpoint(out / 'ckpt.pt', bias, vocab_size, compiled_names=not bias)
+    meta = text_dataset(tmp_path / 'data', multilingual_text(3000), tokenizer, vocab_size=300)
+    model = trained_checkpoint(out / 'ckpt.pt', bias, meta['vocab_size'], compiled_names=not bias,
+                               dataset=tmp_path / 'data')
     # the default export_dir is out_dir/hf
     export_dir = tmp_path / 'exported' if bias else out / 'hf'
     extra = [f'--export_dir={export_dir}'] if bias else []
     assert run_in_process(monkeypatch, 'export_hf.py', f'--out_dir={out}', *extra) is None
-    assert f'wrote {export_dir / "config.json"} and {export_dir / "model.safetensors"}' in capsys.readouterr().out
-    assert sorted(p.name for p in export_dir.iterdir()) == ['config.json', 'model.safetensors']
+    printed = capsys.readouterr().out
+    assert "architecture: GPT2LMHeadModel: GPT-2's architecture\n" in printed and f'wrote {export_dir}: ' in printed
+    assert sorted(p.name for p in export_dir.iterdir()) == ['README.md', 'config.json', 'generation_config.json',
+                                                          'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
 
     config = json.loads((export_dir / 'config.json').read_text())
     assert config['activation_function'] == 'gelu' and config['tie_word_embeddings'] is True
-    assert (config['vocab_size'], config['n_positions'], config['n_embd']) == (vocab_size, 32, 16)
+    assert (config['vocab_size'], config['n_positions'], config['n_embd']) == (meta['vocab_size'], 32, 16)
     tensors = safetensors_torch.load_file(str(export_dir / 'model.safetensors'))
     assert 'lm_head.weight' not in tensors  # tied to wte, as transformers writes it
     assert tensors['transformer.h.0.mlp.c_fc.weight'].shape == (16, 64)  # Conv1D (in, out)
     if not bias:
         assert not tensors['transformer.h.1.attn.c_attn.bias'].any() and not tensors['transformer.ln_f.bias'].any()
 
-    idx = torch.randint(vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(meta['vocab_size'], (2, 32), generator=torch.Generator().manual_seed(0))
     expected = all_logits(model, idx)
     assert expected.std() > 1.0
     reloaded = GPT.from_pretrained(str(export_dir)).eval()

@@ -197,7 +197,7 @@ def test_prepare_errors(proj, tmp_path):
         ('too small to split', [f'--input={tmp_path}/tiny.txt'], 'too small to split: train gets 1 tokens and val 1'),
         ('missing input', [f'--input={tmp_path}/nope.txt'], f'{tmp_path}/nope.txt does not exist'),
         ('no --input', [], 'give the text and a name'),
-        ('unknown tokenizer', [f'--input={tmp_path}/ok.txt', '--tokenizer=bpe'], "tokenizer='bpe'"),
+        ('unknown tokenizer', [f'--input={tmp_path}/ok.txt', '--tokenizer=sentencepiece'], "tokenizer='sentencepiece'"),
         ('val_fraction of 1', [f'--input={tmp_path}/ok.txt', '--val_fraction=1'],
          'val_fraction must be between 0 and 1'),
     ]

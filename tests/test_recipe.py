@@ -211,7 +211,8 @@ def test_recipe_end_to_end(project, tmp_path):
     assert texts[0] == texts[1] and len(texts[0].splitlines()[-1]) > 0
 
     proc = run_script(project, 'benchmarks/evaluate.py', f'--out_dir={tmp_path}/a', '--device=cpu')
-    m = re.match(r'^val loss (\d+\.\d{4}) over 111,539 tokens$', proc.stdout.strip().splitlines()[-1])
+    m = re.match(r'^val loss (\d+\.\d{4}) over 111,539 tokens, \d\.\d{4} bits per byte over 111,539 bytes$',
+                 proc.stdout.strip().splitlines()[-1])
     assert m and abs(float(m.group(1)) - float(a[29])) < 0.5
 
     # two DDP ranks equal one process with two micro-steps, Muon's updates included. Two iterations:
@@ -237,8 +238,6 @@ def test_recipe_refusals(project, tmp_path, monkeypatch):
 
     train = ['train.py', 'config/train_shakespeare_char.py', *TINY, f'--out_dir={tmp_path}/out', '--max_iters=2']
     run_script(project, *train, '--eval_interval=2', '--rope=True')
-    assert "is a model with rope=True: not GPT-2's architecture" in error_of('export_hf.py', f'--out_dir={tmp_path}/out')
-    assert not (tmp_path / 'out' / 'hf').exists()
     assert "resume with --optimizer=adamw" in error_of(*train, '--init_from=resume', '--max_iters=4', '--optimizer=muon')
     proc = run_script(project, *train[:-1], '--init_from=resume', '--max_iters=4', '--eval_interval=2', '--rope=False',
                       '--qk_norm=True')

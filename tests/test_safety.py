@@ -503,7 +503,8 @@ def test_a_file_size_limit_during_saves_keeps_what_was_there(project, bad, tmp_p
         f"error: cannot write {out}/ckpt.pt: File too large; the previous ckpt.pt is kept as it was",
         f"error: cannot write train.bin, val.bin, meta.pkl in {dataset}: File too large; the files there are left as "
         f"they were",
-        f"error: cannot write model.safetensors, config.json in {tmp_path}/hf: File too large; nothing was written",
+        f"error: cannot write model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json, "
+        f"README.md, config.json in {tmp_path}/hf: File too large; nothing was written",
         f"error: cannot write {shards}/val_000.bin: File too large; nothing was written"]
     def kept(files):  # the resumed run holds run.lock and may add rows to metrics.jsonl: the rest stays
         return {p: v for p, v in files.items() if p.name not in ('metrics.jsonl', 'run.lock')}

@@ -200,4 +200,4 @@ def text_dataset(folder, text, tokenizer='char', vocab_size=None):
 
         def encode(part):
             return bpe.encode(part).ids
-    return write_dataset(folder, encode(text[:split]), encode(text[split:]), meta, files=files)
+    return write_dataset(folder, encode(text[:split]), encode(text[split:]), meta, extra_files=files)

@@ -45,7 +45,9 @@ def snapshot(*folders):
 def test_byte_level_bpe_round_trips_any_text(tmp_path):
     text_dataset(tmp_path / 'bpe', multilingual_text(3000), 'bpe', vocab_size=300)
     meta = load_meta(str(tmp_path / 'bpe'))
+    files = meta.pop('files')
     assert meta == {'vocab_size': 300, 'tokenizer': 'bpe', 'tokenizer_file': 'tokenizer.json', 'dtype': 'uint16'}
+    assert files.keys() == {'train.bin', 'val.bin'}  # the token files, not the tokenizer's
     encode, decode_bytes = load_tokenizer(meta, 'the test', str(tmp_path / 'bpe'))
     rng = random.Random(0)
     unseen = ''.join(chr(rng.choice([rng.randrange(0x20, 0xD800), rng.randrange(0xE000, 0x110000)])) for _ in range(2000))
@@ -111,13 +113,14 @@ def bpe_run(tmp_path_factory):
 def test_prepare_bpe_trains_on_the_training_part_and_separates_files(bpe_run):
     data = bpe_run['data']
     meta = load_meta(str(data))
-    assert meta == {'vocab_size': 300, 'tokenizer': 'bpe', 'tokenizer_file': 'tokenizer.json', 'dtype': 'uint16'}
+    train, val = (np.fromfile(data / f'{split}.bin', dtype=np.uint16) for split in ('train', 'val'))
+    assert meta == {'vocab_size': 300, 'tokenizer': 'bpe', 'tokenizer_file': 'tokenizer.json', 'dtype': 'uint16',
+                    'files': {'train.bin': len(train), 'val.bin': len(val)}}
     assert sorted(p.name for p in data.iterdir()) == ['meta.pkl', 'tokenizer.json', 'train.bin', 'val.bin']
     table, special = token_bytes(meta, 'multi', str(data))
     assert special == {0} and table[0] == EOT.encode()
     # nothing of the val part was learnt: no merge holds its characters
     assert not any(len(t) > 1 and ('Ж'.encode() in t or 'Ё'.encode() in t) for t in table)
-    train, val = (np.fromfile(data / f'{split}.bin', dtype=np.uint16) for split in ('train', 'val'))
     ids = np.concatenate([train, val])
     assert np.count_nonzero(ids == 0) == 2  # <|endoftext|> between the three files; the one written in b.txt is text
 
@@ -171,6 +174,8 @@ def test_bits_per_byte_against_a_hand_computation(tmp_path, monkeypatch, capsys,
     if tokenizer == 'bpe':  # an <|endoftext|> in val
         val = np.fromfile(data / 'val.bin', dtype=np.uint16)
         np.concatenate([val[:50], [0], val[50:]]).astype(np.uint16).tofile(data / 'val.bin')
+        meta['files']['val.bin'] += 1  # as if prepared so: meta.pkl lists what the files hold
+        (data / 'meta.pkl').write_bytes(pickle.dumps(meta))
     model = trained_checkpoint(tmp_path / 'out' / 'ckpt.pt', False, meta['vocab_size'], False, dataset=data)
     assert run_in_process(monkeypatch, 'benchmarks/evaluate.py', f'--out_dir={tmp_path}/out', '--device=cpu',
                           '--batch_size=3') is None

@@ -6,7 +6,7 @@ dataset is cut at the same character, data/prepare.py's 90%). Prints a markdown 
 $ python benchmarks/bpe_vs_char.py                                   # char, BPE of 512, 1024 and 2048 tokens
 $ python benchmarks/bpe_vs_char.py --vocab_sizes=512,1024 --rounds=3
 
-The same wall time: the character run trains the recipe's iterations (350); bench.py measures each
+The same wall time: the character run trains the recipe's iterations; bench.py measures each
 dataset's milliseconds per iteration with the recipe's model (a larger vocabulary costs more per
 iteration, in its embedding and head), and each BPE run gets the iterations that take the character
 run's time, its schedule (warmup, cooldown) stretched in proportion. The table shows each whole
@@ -29,16 +29,19 @@ from nanogpt.data import load_meta  # noqa: E402
 
 # -----------------------------------------------------------------------------
 vocab_sizes = '512,1024,2048'  # the BPE vocabularies to train, each against characters
-iters = 350  # the character run's iterations (the recipe's); the BPE runs get the same time
+iters = 0  # the character run's iterations, 0 for the recipe's own; the BPE runs get the same time
 rounds = 1  # each run this many times (seeds 1337, 1338, ...), interleaved; medians in the table
 bench_steps = 30  # timed steps of bench.py per dataset, after 10 untimed ones
 log_dir = 'bench_results/bpe_vs_char'  # the datasets, checkpoints and every run's output go here
 # -----------------------------------------------------------------------------
-configure(globals(), positive_ints=('iters', 'rounds', 'bench_steps'))
+configure(globals(), positive_ints=('rounds', 'bench_steps'))
 RECIPE = 'config/speedrun_shakespeare_char_cpu.py'
+from configurator import run_config_file  # noqa: E402
+SCHEDULE = run_config_file(os.path.join(ROOT, RECIPE), {})[1]  # the recipe's iterations, warmup and cooldown
+iters = iters or SCHEDULE['max_iters']
 TEXT = os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')
 # the recipe's model and step for bench.py, which reads no config file of train.py's
-BENCH_ARGS = ['--device=cpu', '--dtype=bfloat16', '--compile=False', '--batch_size=12', '--block_size=64',
+BENCH_ARGS = ['--device=cpu', '--dtype=fast', '--compile=False', '--batch_size=12', '--block_size=64',
               '--n_layer=4', '--n_head=4', '--n_embd=128', '--rope=True', '--qk_norm=True', '--mlp_activation=relu2',
               '--tie_weights=False', '--optimizer=muon', '--burnin=10', f'--num_steps={bench_steps}']
 try:
@@ -82,10 +85,11 @@ for r in range(rounds):
         n, out_dir = steps[name], os.path.join(log_dir, f'out-{name}-{r}')
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)  # this script's own run folder from an earlier call
+        stretch = n / SCHEDULE['max_iters']  # the recipe's warmup and cooldown, in proportion
         _, seconds = run(f'train-{name}-{r}', 'train.py', RECIPE, f'--dataset={os.path.abspath(data)}',
                          f'--out_dir={out_dir}', f'--seed={1337 + r}', f'--max_iters={n}', f'--lr_decay_iters={n}',
-                         f'--eval_interval={n}', f'--warmup_iters={round(20 * n / 350)}',
-                         f'--cooldown_iters={round(175 * n / 350)}')
+                         f'--eval_interval={n}', f"--warmup_iters={round(SCHEDULE['warmup_iters'] * stretch)}",
+                         f"--cooldown_iters={round(SCHEDULE['cooldown_iters'] * stretch)}")
         out, _ = run(f'evaluate-{name}-{r}', 'benchmarks/evaluate.py', f'--out_dir={out_dir}', '--device=cpu')
         m = re.search(r'val loss ([\d.]+) over [\d,]+ tokens, ([\d.]+) bits per byte', out)
         results[name].append((seconds, float(m.group(1)), float(m.group(2))))

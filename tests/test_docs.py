@@ -109,12 +109,14 @@ def commands(path):
         snippets += [(i, span) for span in CODE_SPAN.findall(line) if re.match(r'(python3?|torchrun) ', span)]
     found = []
     for line, snippet in snippets:
+        if not re.search(r'(^|\s)(python3?|torchrun) ', snippet):  # output, or other tools
+            continue
         lexer = shlex.shlex(snippet, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
         try:
             words = list(lexer)
-        except ValueError:  # not shell (a log line with an unmatched quote)
-            continue
+        except ValueError as e:
+            raise AssertionError(f"{path.relative_to(REPO)}:{line}: {e} in {snippet!r}")
         command = []
         for word in words + [';']:
             if word and set(word) <= set('&|;'):

@@ -150,7 +150,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # bias in Linears and LayerNorms, as GPT-2; False is a little better and faster
-    # the modern recipe (README: Faster recipes); every default is GPT-2's own
+    # the modern recipe (docs/recipes.md); every default is GPT-2's own
     rope: bool = False  # rotary position embeddings in attention, instead of learned ones added to the input (wpe)
     qk_norm: bool = False  # RMS-normalise each head's queries and keys
     mlp_activation: str = 'gelu'  # 'gelu', or 'relu2': ReLU squared

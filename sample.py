@@ -28,7 +28,7 @@ top_p = 1.0  # keep the smallest set of tokens whose probability reaches top_p (
 kv_cache = True  # keep attention keys and values between steps, so each new token costs one position
 seed = 1337
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
-dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
+dtype = 'auto'  # 'auto', 'fast' (bfloat16 also on a CPU that has it natively), 'float32', 'bfloat16' or 'float16'
 compile = False  # torch.compile the model (slow to start, faster for long generations)
 # -----------------------------------------------------------------------------
 configure(globals(), positive_ints=('num_samples',))  # also checks temperature, top_k, top_p, max_new_tokens, seed

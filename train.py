@@ -67,7 +67,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # bias inside LayerNorm and Linear layers?
-# the modern recipe, each part off by default (README: Faster recipes)
+# the modern recipe, each part off by default (docs/recipes.md)
 rope = False  # rotary position embeddings in attention instead of learned position embeddings
 qk_norm = False  # RMS-normalise each head's queries and keys
 mlp_activation = 'gelu'  # 'gelu', or 'relu2' (ReLU squared)

@@ -279,7 +279,7 @@ def draw_timelines(timelines, path):
 
 def attention_check():
     """sdpa_backend=auto against flash on config/train_shakespeare_char.py (dropout 0.2), the same seed: auto
-    leaves out cuDNN's kernels, which would round that dropout (see README, GPU notes), so both should reach
+    leaves out cuDNN's kernels, which would round that dropout (see docs/performance.md, GPU notes), so both should reach
     the same val loss, up to the non-determinism of the attention backward."""
     iters = [f'--max_iters={attention_check_iters}', f'--lr_decay_iters={attention_check_iters}',
              f'--eval_interval={attention_check_iters}', '--compile=False']

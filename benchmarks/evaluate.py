@@ -43,7 +43,7 @@ hellaswag_path = ''  # HellaSwag's validation JSONL; '' reads data/hellaswag/hel
 max_examples = 0  # HellaSwag: score only the first this many examples (0: all)
 batch_size = 64  # rows per forward pass (HellaSwag: 4 rows per example)
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:0', 'mps'
-dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16'
+dtype = 'auto'  # 'auto', 'fast' (bfloat16 also on a CPU that has it natively), 'float32', 'bfloat16' or 'float16'
 # -----------------------------------------------------------------------------
 configure(globals(), positive_ints=('batch_size',))
 if max_examples < 0:

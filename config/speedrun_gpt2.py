@@ -1,6 +1,6 @@
 # The modern recipe for GPT-2 (124M) on FineWeb-Edu: the same model size as config/train_gpt2_fineweb.py
 # (10B tokens), aiming at its final val loss in about a third of the tokens.
-# NOT MEASURED YET: no GPU was at hand when this was written (README: Faster recipes). The techniques are
+# NOT MEASURED YET: no GPU was at hand when this was written (docs/recipes.md). The techniques are
 # those of the GPT-2 speedruns (KellerJordan/modded-nanogpt), as far as this toolkit has them: rotary
 # embeddings, QK-norm, ReLU squared, an untied zero-initialised head and projections, soft-capped logits,
 # Muon for the blocks' matrices, a constant learning rate and then a straight line down.

@@ -1,6 +1,6 @@
 # The modern recipe on one GPU, on config/train_shakespeare_char.py's task: the aim is upstream's best val
 # loss (1.467) in a quarter of its wall time (142 s on one H200, compile included).
-# NOT MEASURED YET: no GPU was at hand when this was written (README: Faster recipes). Its settings carry
+# NOT MEASURED YET: no GPU was at hand when this was written (docs/recipes.md). Its settings carry
 # over what the CPU recipe measured (config/speedrun_shakespeare_char_cpu.py: rope, QK-norm, ReLU squared
 # and Muon pay for themselves, Muon the most), scaled to this model; the dropout stays, as this run is
 # limited by overfitting. If it misses 1.467, try muon_learning_rate 0.01 or 0.04 and max_iters 1000-1500.

@@ -1,7 +1,7 @@
 # The modern recipe on a CPU: character-level tiny Shakespeare to upstream's CPU result (its README's
 # 2000-iteration run: 1.898 on the whole val split) in as little wall time as it takes, on CPUs with
 # native bfloat16 (AVX-512-BF16, AMX) and without (float32 there, as dtype='fast' decides). The same model
-# shape as train_shakespeare_char_cpu.py; what changes is the recipe. README: Faster recipes has the
+# shape as train_shakespeare_char_cpu.py; what changes is the recipe. docs/recipes.md has the
 # measurements, and what each technique is worth (an ablation).
 # $ python train.py config/speedrun_shakespeare_char_cpu.py && python benchmarks/evaluate.py --out_dir=out-speedrun-shakespeare-char-cpu
 

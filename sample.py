@@ -9,13 +9,18 @@ import os
 import sys
 import time
 
-import torch
+from nanogpt import ScriptError, exit_on_ctrl_c
 
-from configurator import configure
-from nanogpt import ScriptError
-from nanogpt.checkpoint import init_model
-from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab, dataset_dir, load_meta, load_tokenizer
-from nanogpt.device import autocast, compile_model, pick_device, pick_dtype
+exit_on_ctrl_c()  # Ctrl-C, while starting or sampling: one line, exit code 130
+
+import torch  # noqa: E402
+
+from configurator import configure  # noqa: E402
+from nanogpt.checkpoint import init_model  # noqa: E402
+from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab, dataset_dir, load_meta, load_tokenizer  # noqa: E402
+from nanogpt.device import autocast, compile_model, pick_device, pick_dtype  # noqa: E402
+
+MAX_PROMPT_BYTES = 16 << 20  # a prompt file larger than this is not a prompt (FILE:/dev/zero never ends)
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a Hugging Face GPT-2 directory
@@ -62,8 +67,12 @@ encode, decode_bytes = load_tokenizer(meta, where)
 
 if start.startswith('FILE:'):
     try:
-        with open(start[5:], encoding='utf-8') as f:
-            start = f.read()
+        with open(start[5:], 'rb') as f:
+            prompt = f.read(MAX_PROMPT_BYTES + 1)
+        if len(prompt) > MAX_PROMPT_BYTES:
+            raise ScriptError(f"the prompt file {start[5:]} is longer than {MAX_PROMPT_BYTES >> 20} MiB; give a "
+                              f"shorter prompt (the model reads only its last block_size tokens)")
+        start = prompt.decode('utf-8')
     except (OSError, UnicodeDecodeError) as e:
         raise ScriptError(f"cannot read the prompt file {start[5:]}: {e}")
 start_ids = encode(start)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configurator import configure
 from nanogpt import ScriptError
 from nanogpt.checkpoint import init_model
-from nanogpt.data import dataset_dir, load_meta, open_split
+from nanogpt.data import check_vocab, dataset_dir, load_meta, open_split
 from nanogpt.device import autocast, pick_device, pick_dtype
 from nanogpt.evaluation import HELLASWAG_PATH, hellaswag_accuracy, hellaswag_for_model, load_hellaswag, whole_split_loss
 
@@ -63,6 +63,9 @@ else:
     if not dataset:
         raise ScriptError("which dataset? give --dataset=NAME (the model comes without one)")
     data_dir = dataset_dir(dataset)
-    data = open_split(data_dir, split, load_meta(data_dir), model.config.block_size, model.config.vocab_size, dataset)
+    meta = load_meta(data_dir)
+    check_vocab(meta, model.config.vocab_size, f"dataset {dataset}", "score it on a dataset of its own tokenizer "
+                "(--dataset), as train.py trains only on such")
+    data = open_split(data_dir, split, meta, model.config.block_size, model.config.vocab_size, dataset)
     loss, n_tokens = whole_split_loss(model, data, model.config.block_size, batch_size, device, ctx)
     print(f"{split} loss {loss:.4f} over {n_tokens:,} tokens")

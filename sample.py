@@ -86,18 +86,21 @@ with torch.no_grad(), autocast(device, dtype):
     for k in range(num_samples):
         tokens = model.generate_tokens(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                        kv_cache=kv_cache)
-        if num_samples == 1:
-            text = codecs.getincrementaldecoder('utf-8')(errors='replace')  # BPE tokens can split a character
-            sys.stdout.write(text.decode(decode_bytes(start_ids)))
-            for token in tokens:
-                sys.stdout.write(text.decode(decode_bytes(token[0].tolist())))
-                sys.stdout.flush()
-                generated += 1
-            print(text.decode(b'', final=True))
-        else:
-            new = [token[0].item() for token in tokens]
-            generated += len(new)
-            print(decode_bytes(start_ids + new).decode('utf-8', errors='replace'))
+        try:
+            if num_samples == 1:
+                text = codecs.getincrementaldecoder('utf-8')(errors='replace')  # BPE tokens can split a character
+                sys.stdout.write(text.decode(decode_bytes(start_ids)))
+                for token in tokens:
+                    sys.stdout.write(text.decode(decode_bytes(token[0].tolist())))
+                    sys.stdout.flush()
+                    generated += 1
+                print(text.decode(b'', final=True))
+            else:
+                new = [token[0].item() for token in tokens]
+                generated += len(new)
+                print(decode_bytes(start_ids + new).decode('utf-8', errors='replace'))
+        finally:  # closed now: left to the interpreter's exit (after Ctrl-C), it would complain as torch goes
+            tokens.close()
         print('---------------')
 seconds = time.time() - t0
 print(f"generated {generated} tokens in {seconds:.2f}s ({generated / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)

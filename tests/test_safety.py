@@ -939,7 +939,10 @@ def test_ctrl_c_while_sampling_is_one_line_and_exit_code_130(project, bad):
     proc = subprocess.Popen([sys.executable, *SAMPLE, f'--out_dir={bad}/out', '--max_new_tokens=1000000'],
                             cwd=project, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.read(20)  # sampling has begun
+        out = ''
+        while 'Overriding: max_new_tokens = 1000000\n' not in out:  # the last line before the model loads
+            out += proc.stdout.read(1) or pytest.fail(f"sample.py ended: {proc.stderr.read()[-2000:]}")
+        assert len(proc.stdout.read(20)) == 20  # the prompt and generated tokens: sampling has begun
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:

@@ -463,8 +463,8 @@ BAD_INPUTS = [
      "4995)", None),
     (TRAIN, "evaluating another model into a run's out_dir", ['--out_dir={base}/out', '--eval_only=True'],
      "{base}/out already holds a run (ckpt.pt and metrics.jsonl)", None),
-    (TRAIN, "evaluating GPT-2 into a run's out_dir", ['--out_dir={base}/out', '--eval_only=True',
-                                                      '--init_from={base}/hf65'],
+    (TRAIN, "evaluating a Hugging Face model into a run's out_dir",
+     ['--out_dir={base}/out', '--eval_only=True', '--init_from={base}/hf65'],
      "{base}/out already holds a run", None),
     # --- issue 25: tracebacks where one line belongs
     (TRAIN, 'backend misspelt', ['--backend=ncl'], "unknown backend 'ncl'; use auto (nccl on GPUs, gloo on CPUs)", None),

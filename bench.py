@@ -64,12 +64,24 @@ torch.backends.cudnn.allow_tf32 = True
 device_type = device.split(':')[0]
 ctx = autocast(device, dtype)
 
-# data: real batches as train.py draws them, or one fixed random batch
+# data: real batches as train.py draws them, or one fixed random batch; the memory is checked before
+# either is allocated, or anything else
 vocab_size = PADDED_GPT2_VOCAB_SIZE
 if real_data:
     data_dir = dataset_dir(dataset)
     meta = load_meta(data_dir)
     vocab_size = meta.get('vocab_size', PADDED_GPT2_VOCAB_SIZE)
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, vocab_size=vocab_size,
+                  rope=rope, qk_norm=qk_norm, mlp_activation=mlp_activation, tie_weights=tie_weights,
+                  logit_softcap=logit_softcap)
+if error := memory_error(device, model_args, batch_size, block_size, dtype):
+    raise ScriptError(error)
+if profile:  # where the trace goes, made now rather than once the steps have run
+    try:
+        os.makedirs(profile_dir, exist_ok=True)
+    except OSError as e:
+        raise ScriptError(f"cannot create profile_dir {profile_dir}: {e.strerror or e}")
+if real_data:
     train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 
     def batch(it, micro_step):
@@ -81,11 +93,6 @@ else:
     def batch(it, micro_step):
         return fixed
 
-model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, vocab_size=vocab_size,
-                  rope=rope, qk_norm=qk_norm, mlp_activation=mlp_activation, tie_weights=tie_weights,
-                  logit_softcap=logit_softcap)
-if error := memory_error(device, model_args, batch_size, block_size, dtype):  # before anything is allocated
-    raise ScriptError(error)
 model, _ = init_model('scratch', '', dropout, model_args)
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type,

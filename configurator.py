@@ -92,14 +92,31 @@ def check_value(key, value, default, where):
             return value.lower() in TRUE_WORDS
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > 1000:  # every int here must also convert to a float (up to about 1e308)
+                raise ScriptError(f"{key} is an integer of {value.bit_length():,} bits, too large for this toolkit "
+                                  f"({where})")
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ScriptError(f"{key} is an integer of {value.bit_length():,} bits, too large for this toolkit "
+                                  f"({where})")
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
-    raise ScriptError(f"{key} expects {type(default).__name__}, got {type(value).__name__} {value!r} ({where})")
+    raise ScriptError(f"{key} expects {type(default).__name__}, got {type(value).__name__} {shown(value)} ({where})")
+
+
+def shown(value, limit=80):
+    """value's repr for a message, cut to limit characters, in bounded time whatever a config file assigned (an
+    integer of thousands of digits, a list nested in itself)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"<{value.bit_length():,} bits>"
+    text = repr(value) if isinstance(value, (str, int, float, type(None))) else f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + '...'
+
 
 
 def parse_override(raw, default):
@@ -202,9 +219,9 @@ def configure(g, argv=None, verbose=True, positive_ints=()):
                 print(source.rstrip())
     for key in positive_ints:
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] <= 0:
-            raise ScriptError(f"{key} must be a positive integer, got {config[key]!r}")
+            raise ScriptError(f"{key} must be a positive integer, got {shown(config[key])}")
     for key, (test, requirement) in RULES.items():
         if key in config and config[key] is not None and not test(config[key]):
-            raise ScriptError(f"{key} must be {requirement}, got {config[key]!r}")
+            raise ScriptError(f"{key} must be {requirement}, got {shown(config[key])}")
     g.update(config)
     return config

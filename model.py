@@ -337,30 +337,13 @@ class GPT(nn.Module):
         if unknown:
             raise ValueError(f"from_pretrained can only override dropout, not {', '.join(unknown)}")
         if os.path.isdir(name_or_path):
-            config_path = os.path.join(name_or_path, 'config.json')
-            weights_path = os.path.join(name_or_path, 'model.safetensors')
-            for path in (config_path, weights_path):
-                if not os.path.isfile(path):
-                    raise ValueError(f"{name_or_path} is not a Hugging Face GPT-2 directory: {os.path.basename(path)} is missing")
+            config_path, weights_path = hf_directory_files(name_or_path)
         elif name_or_path in GPT2_SHAPES:
             config_path, weights_path = (download_gpt2(name_or_path, f) for f in ('config.json', 'model.safetensors'))
         else:
             raise ValueError(f"{name_or_path!r} is neither a directory with config.json and model.safetensors "
                              f"nor one of {', '.join(GPT2_SHAPES)}")
-        try:
-            with open(config_path) as f:
-                hf = json.load(f)
-            config_args = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
-                               block_size=hf['n_positions'], vocab_size=hf['vocab_size'])
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {config_path}: {e}")
-        except KeyError as e:
-            raise ValueError(f"{config_path} lacks {e.args[0]}, which a GPT-2 config.json has")
-        beyond = [what for what, found in (('ReLU squared', hf.get('activation_function') == 'relu2'),
-                                           ('an untied head', hf.get('tie_word_embeddings') is False)) if found]
-        if beyond:  # export_hf.py writes the recipe's MLP and head in GPT-2's form too
-            raise ValueError(f"{config_path} is a GPT-2 with {' and '.join(beyond)}, not GPT-2's architecture, which "
-                             f"this loader reads; load it with transformers, or resume from its checkpoint")
+        config_args = read_hf_config(config_path)
         config_args['bias'] = True  # GPT-2 checkpoints always have biases
         config_args['dropout'] = override_args.get('dropout', 0.0)
         print(f"loading GPT-2 weights from {weights_path}")
@@ -519,7 +502,10 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
     probability reaches top_p (nucleus sampling)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # the largest logit taken out first (softmax does not change): a tiny temperature then makes the others
+    # -inf and the largest 0, where it would make every logit infinite, and the probabilities NaN
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k > 0:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits = logits.masked_fill(logits < v[:, [-1]], float('-inf'))
@@ -545,6 +531,37 @@ def download_gpt2(name, filename):
     except Exception as e:
         raise ValueError(f"could not get {name}'s {filename} from the Hugging Face hub ({type(e).__name__}); "
                          f"offline, pass init_from=a directory holding config.json and model.safetensors")
+
+
+def hf_directory_files(path):
+    """config.json and model.safetensors of a Hugging Face GPT-2 directory; ValueError where one is missing."""
+    files = tuple(os.path.join(path, name) for name in ('config.json', 'model.safetensors'))
+    for file in files:
+        if not os.path.isfile(file):
+            raise ValueError(f"{path} is not a Hugging Face GPT-2 directory: {os.path.basename(file)} is missing")
+    return files
+
+
+def read_hf_config(config_path):
+    """GPTConfig's n_layer, n_head, n_embd, block_size and vocab_size from a Hugging Face GPT-2 config.json;
+    ValueError where it has no sensible ones."""
+    try:
+        with open(config_path) as f:
+            hf = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: brackets nested thousands deep
+        raise ValueError(f"cannot read {config_path}: {e}")
+    keys = dict(n_layer='n_layer', n_head='n_head', n_embd='n_embd', block_size='n_positions', vocab_size='vocab_size')
+    if missing := [hf_key for hf_key in keys.values() if not isinstance(hf, dict) or hf_key not in hf]:
+        raise ValueError(f"{config_path} lacks {missing[0]}, which a GPT-2 config.json has")
+    config_args = {key: hf[hf_key] for key, hf_key in keys.items()}
+    if wrong := [keys[k] for k, v in config_args.items() if type(v) is not int or not 0 < v < 2**31]:
+        raise ValueError(f"{config_path} has no sensible {', '.join(wrong)} (a positive integer below 2**31)")
+    beyond = [what for what, found in (('ReLU squared', hf.get('activation_function') == 'relu2'),
+                                       ('an untied head', hf.get('tie_word_embeddings') is False)) if found]
+    if beyond:  # export_hf.py writes the recipe's MLP and head in GPT-2's form too
+        raise ValueError(f"{config_path} is a GPT-2 with {' and '.join(beyond)}, not GPT-2's architecture, which "
+                         f"this loader reads; load it with transformers, or resume from its checkpoint")
+    return config_args
 
 
 def read_safetensors(path):

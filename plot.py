@@ -36,8 +36,16 @@ if not rows:
 
 # a row per logged iteration has 'loss', a row per evaluation has 'val_loss'; both have 'lr'. Rows
 # without numbers where these belong (a file edited by hand, or from another tool) are left out.
+def number(value):
+    """Whether value is a number a plot can hold: an int or float within float's range."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(float(value)) < float('inf')
+    except OverflowError:  # an integer beyond float's range (10**400)
+        return False
+
+
 def numbers(row, *keys):
-    return all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in keys)
+    return all(number(row.get(k)) for k in keys)
 
 
 iter_rows = [r for r in rows if numbers(r, 'loss')]

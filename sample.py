@@ -8,13 +8,18 @@ import codecs
 import sys
 import time
 
-import torch
+from nanogpt import ScriptError, exit_on_ctrl_c
 
-from configurator import configure
-from nanogpt import ScriptError
-from nanogpt.checkpoint import init_model
-from nanogpt.data import load_tokenizer, model_tokenizer, token_bytes
-from nanogpt.device import autocast, compile_model, pick_device, pick_dtype
+exit_on_ctrl_c()  # Ctrl-C, while starting or sampling: one line, exit code 130
+
+import torch  # noqa: E402
+
+from configurator import configure  # noqa: E402
+from nanogpt.checkpoint import init_model  # noqa: E402
+from nanogpt.data import load_tokenizer, model_tokenizer, token_bytes  # noqa: E402
+from nanogpt.device import autocast, compile_model, pick_device, pick_dtype  # noqa: E402
+
+MAX_PROMPT_BYTES = 16 << 20  # a prompt file larger than this is not a prompt (FILE:/dev/zero never ends)
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a Hugging Face GPT-2 directory
@@ -52,8 +57,12 @@ n_tokens = len(token_bytes(meta, where, data_dir)[0])  # a padded vocabulary's e
 
 if start.startswith('FILE:'):
     try:
-        with open(start[5:], encoding='utf-8') as f:
-            start = f.read()
+        with open(start[5:], 'rb') as f:
+            prompt = f.read(MAX_PROMPT_BYTES + 1)
+        if len(prompt) > MAX_PROMPT_BYTES:
+            raise ScriptError(f"the prompt file {start[5:]} is longer than {MAX_PROMPT_BYTES >> 20} MiB; give a "
+                              f"shorter prompt (the model reads only its last block_size tokens)")
+        start = prompt.decode('utf-8')
     except (OSError, UnicodeDecodeError) as e:
         raise ScriptError(f"cannot read the prompt file {start[5:]}: {e}")
 start_ids = encode(start)
@@ -67,18 +76,21 @@ with torch.no_grad(), autocast(device, dtype):
     for k in range(num_samples):
         tokens = model.generate_tokens(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                        kv_cache=kv_cache, n_tokens=n_tokens)
-        if num_samples == 1:
-            text = codecs.getincrementaldecoder('utf-8')(errors='replace')  # BPE tokens can split a character
-            sys.stdout.write(text.decode(decode_bytes(start_ids)))
-            for token in tokens:
-                sys.stdout.write(text.decode(decode_bytes(token[0].tolist())))
-                sys.stdout.flush()
-                generated += 1
-            print(text.decode(b'', final=True))
-        else:
-            new = [token[0].item() for token in tokens]
-            generated += len(new)
-            print(decode_bytes(start_ids + new).decode('utf-8', errors='replace'))
+        try:
+            if num_samples == 1:
+                text = codecs.getincrementaldecoder('utf-8')(errors='replace')  # BPE tokens can split a character
+                sys.stdout.write(text.decode(decode_bytes(start_ids)))
+                for token in tokens:
+                    sys.stdout.write(text.decode(decode_bytes(token[0].tolist())))
+                    sys.stdout.flush()
+                    generated += 1
+                print(text.decode(b'', final=True))
+            else:
+                new = [token[0].item() for token in tokens]
+                generated += len(new)
+                print(decode_bytes(start_ids + new).decode('utf-8', errors='replace'))
+        finally:  # closed now: left to the interpreter's exit (after Ctrl-C), it would complain as torch goes
+            tokens.close()
         print('---------------')
 seconds = time.time() - t0
 print(f"generated {generated} tokens in {seconds:.2f}s ({generated / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)

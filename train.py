@@ -22,21 +22,24 @@ import signal
 import sys
 import time
 
-import numpy as np
-import torch
+from nanogpt import ScriptError, distributed, exit_on_ctrl_c, interrupted
 
-from configurator import configure
-from nanogpt import ScriptError, distributed
-from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, init_model, planned_model, save_checkpoint,
-                                shape_warning)
-from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, check_fingerprint, dataset_dir, get_batch, get_ordered_batch,
-                          load_meta, open_split, row_count, short, tokenizer_fingerprint)
-from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops, format_mfu,
-                            keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype, pick_device, pick_dtype,
-                            select_sdpa_backend)
-from nanogpt.evaluation import hellaswag_accuracy, hellaswag_for_model
-from nanogpt.files import append_metrics, ckpt_path, claim_out_dir, metrics_path, trim_metrics
-from nanogpt.training import divergence, train_step
+exit_on_ctrl_c()  # Ctrl-C while starting: one line, exit code 130 (in the training loop: a checkpoint first, see below)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from configurator import configure  # noqa: E402
+from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, configured_optimizer_settings,  # noqa: E402
+                                init_model, planned_model, save_checkpoint, shape_warning)
+from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, check_fingerprint, dataset_dir, get_batch,  # noqa: E402
+                          get_ordered_batch, load_meta, open_split, row_count, short, tokenizer_fingerprint)
+from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops,  # noqa: E402
+                            format_mfu, keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype,
+                            pick_device, pick_dtype, select_sdpa_backend)
+from nanogpt.evaluation import hellaswag_accuracy, hellaswag_for_model  # noqa: E402
+from nanogpt.files import append_metrics, ckpt_path, claim_out_dir, metrics_path, trim_metrics  # noqa: E402
+from nanogpt.training import divergence, train_step  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -116,6 +119,12 @@ if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it f
 if decay_lr and min_lr > learning_rate:
     raise ScriptError(f"min_lr={min_lr} is above learning_rate={learning_rate}: the decay would raise the learning "
                       f"rate")
+if decay_lr and 0 < lr_decay_iters - warmup_iters < cooldown_iters and int(os.environ.get('RANK', 0)) == 0:
+    # legitimate in a short trial of a long recipe, but not the schedule its numbers describe
+    print(f"warning: cooldown_iters={cooldown_iters} is longer than the decay window after the warmup (lr_decay_iters - "
+          f"warmup_iters = {lr_decay_iters - warmup_iters}): right after the warmup the learning rate drops from "
+          f"learning_rate to where the cooldown is then; use cooldown_iters <= {lr_decay_iters - warmup_iters} for a "
+          f"constant phase at learning_rate", file=sys.stderr)
 world_size = int(os.environ.get('WORLD_SIZE', 1))
 if gradient_accumulation_steps % world_size:
     options = ', '.join(str(world_size * k) for k in range(1, 5))
@@ -134,6 +143,7 @@ keep_freed_host_memory()  # no page faults for each iteration's buffers on the h
 
 # distributed set-up: each process gets its device; gradient accumulation is shared out among them
 rank, local_rank, world_size, device = distributed.setup(backend, device)
+distributed.check_same_config(config)  # every process given the same settings (torchrun)
 master_process = rank == 0  # logs, evaluates into the log, writes checkpoints
 ddp = world_size > 1
 gradient_accumulation_steps //= world_size
@@ -179,10 +189,23 @@ if planned is not None and (error := memory_error(device, planned, batch_size, b
 if hellaswag_interval:  # read and tokenised once; scored by the uncompiled model, whatever shapes it meets
     hellaswag_examples = hellaswag_for_model(hellaswag_path, vocab_size, block_size)
 
-# out_dir: a new run never replaces one that is there, and one run at a time writes into it (rank 0
-# holds its lock; the other ranks stop with it if it is refused)
-out_dir_lock = distributed.on_master(master_process, device, claim_out_dir, out_dir,
-                                     new_run=init_from != 'resume' and not eval_only)  # evaluating appends only
+# wandb: where it cannot log (no API key), stop before anything is written
+if wandb_log and master_process:
+    try:
+        import wandb
+    except ImportError:
+        raise ScriptError("wandb_log=True needs wandb: pip install wandb")
+    if os.environ.get('WANDB_MODE', '').lower() not in ('offline', 'disabled', 'dryrun'):
+        try:
+            wandb.login(verify=False)  # the API key from WANDB_API_KEY or `wandb login`; nothing is sent
+        except Exception as e:
+            raise ScriptError(f"wandb cannot log online ({type(e).__name__}: {e}); run `wandb login` (or set "
+                              f"WANDB_API_KEY), or log offline with WANDB_MODE=offline and `wandb sync` later")
+
+# out_dir: a new run never replaces one that is there (nor does an evaluation of another model append to
+# its metrics), and one run at a time writes into it (rank 0 holds its lock; the other ranks stop with it
+# if it is refused)
+out_dir_lock = distributed.on_master(master_process, device, claim_out_dir, out_dir, new_run=init_from != 'resume')
 
 # model: from scratch, from out_dir's checkpoint (its shape), or GPT-2's weights; dropout as configured
 model, checkpoint = init_model(init_from, out_dir, dropout, model_args, checkpoint)
@@ -233,12 +256,13 @@ optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, 
                                            muon_ns_dtype=orthogonalization_dtype(device))
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint is not None:
-    if fsdp:
-        distributed.load_full_state(model, optimizer, clean_state_dict(checkpoint['model']), checkpoint['optimizer'])
-    else:
-        optimizer.load_state_dict(checkpoint['optimizer'])
-    if checkpoint.get('scaler'):
-        scaler.load_state_dict(checkpoint['scaler'])
+    with configured_optimizer_settings(optimizer, ckpt_path(out_dir)):  # the state saved, the settings configured
+        if fsdp:
+            distributed.load_full_state(model, optimizer, clean_state_dict(checkpoint['model']), checkpoint['optimizer'])
+        else:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        if checkpoint.get('scaler'):
+            scaler.load_state_dict(checkpoint['scaler'])
 checkpoint = None  # free the memory
 
 if compile:
@@ -315,6 +339,8 @@ def get_lr(it):
 
 
 ckpt_file = ckpt_path(out_dir)
+# what a diverged run suggests lowering (a resume takes the rates configured, see configured_optimizer_settings)
+lower_rates = 'learning_rate and muon_learning_rate' if config['optimizer'] == 'muon' else 'learning_rate'
 
 
 def write_checkpoint(resume_at, evaluated_at):
@@ -349,7 +375,7 @@ stop_signal = None
 def request_stop(signum, frame):
     global stop_signal
     if stop_signal is not None and signum == signal.SIGINT:
-        raise ScriptError("interrupted again: exiting now, without a checkpoint")
+        raise interrupted("interrupted again: exiting now, without a checkpoint")
     stop_signal = signum
     if master_process:
         print(f"\n{signal.Signals(signum).name} received: finishing this iteration, then saving a checkpoint "
@@ -359,20 +385,20 @@ def request_stop(signum, frame):
 signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
-# metrics.jsonl and wandb: one row per log point; a resumed run's rows replace those of iterations it repeats
+# metrics.jsonl and wandb: one row per log point; a resumed run's rows replace those of iterations it repeats,
+# a new run's replace all; an evaluation of a checkpoint keeps the rows of the iterations after it. A last
+# line a crash cut short is mended first
 metrics_file = metrics_path(out_dir)
 skip_eval_at = last_eval_iter if (last_eval_iter == iter_num and not eval_only) else None
-if master_process and not eval_only:  # an evaluation of a checkpoint keeps the rows of the iterations after it
-    if init_from == 'resume':
-        trim_metrics(metrics_file, iter_num, keep_eval_at_resume=skip_eval_at is not None)
-    else:
-        open(metrics_file, 'w').close()
+if master_process:
+    trim_metrics(metrics_file, None if eval_only and init_from == 'resume' else iter_num,
+                 keep_eval_at_resume=skip_eval_at is not None)
 if wandb_log and master_process:
     try:
-        import wandb
-    except ImportError:
-        raise ScriptError("wandb_log=True needs wandb: pip install wandb")
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    except Exception as e:
+        raise ScriptError(f"wandb could not start a run ({type(e).__name__}: {e}); log offline with "
+                          f"WANDB_MODE=offline (and `wandb sync` later), or set wandb_log=False")
 WANDB_NAMES = {'loss': 'iter/loss', 'train_loss': 'train/loss', 'val_loss': 'val/loss'}  # upstream's for the losses
 
 
@@ -399,7 +425,7 @@ def read_device_stats():
     if found := divergence(rows, grad_clip, values[-1][1] if scaler.is_enabled() else None):
         (it, lr_it, _, _), what = found
         raise ScriptError(f"iter {it}: {what} at learning rate {lr_it:.3g}; training stopped and {ckpt_file} is left "
-                          f"as it was. Try a lower learning_rate, grad_clip=1.0, or dtype=float32/bfloat16")
+                          f"as it was. Try a lower {lower_rates}, grad_clip=1.0, or dtype=float32/bfloat16")
     unread_stats.clear()
     return values[-2][0], values[-1][0] > 0
 
@@ -425,7 +451,8 @@ while True:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # Muon's groups: muon_learning_rate / learning_rate
 
     # HellaSwag every hellaswag_interval iterations and at the end, the examples shared out among the ranks
-    if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:
+    if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num == max_iters or eval_only) \
+            and iter_num != skip_eval_at:
         t_eval = time.time()
         scores = hellaswag_accuracy(raw_model, hellaswag_examples, device, ctx, rank, world_size)
         eval_s = time.time() - t_eval
@@ -436,8 +463,8 @@ while True:
                 'hellaswag_s': eval_s})
         t0, iters_timed = time.time(), 0
 
-    # evaluate, and save a checkpoint, every eval_interval iterations and at the end
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != skip_eval_at:
+    # evaluate, and save a checkpoint, every eval_interval iterations and at the end (eval_only: evaluate, once)
+    if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and iter_num != skip_eval_at:
         if unread_stats:
             read_device_stats()  # never save a checkpoint of a diverged model
         t_eval = time.time()
@@ -445,7 +472,7 @@ while True:
         eval_s = time.time() - t_eval
         if not (np.isfinite(losses['train']) and np.isfinite(losses['val'])):
             raise ScriptError(f"step {iter_num}: evaluation loss is not finite (train {losses['train']}, val "
-                              f"{losses['val']}); {ckpt_file} is left as it was. Try a lower learning_rate, "
+                              f"{losses['val']}); {ckpt_file} is left as it was. Try a lower {lower_rates}, "
                               f"grad_clip=1.0, or dtype=float32/bfloat16")
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])

@@ -7,19 +7,20 @@ plus scaler and last_eval_iter; plain types only, so torch.load(weights_only=Tru
 checkpoints move between this toolkit and upstream in both directions.
 """
 
-import json
+import math
 import os
 import pickle
 import re
-from contextlib import nullcontext
+import zipfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 
 import torch
 
-from model import GPT, GPT2_SHAPES, GPTConfig, beyond_gpt2
+from model import GPT, GPT2_SHAPES, GPTConfig, beyond_gpt2, hf_directory_files, read_hf_config
 from nanogpt import ScriptError
-from nanogpt.data import GPT2_VOCAB_SIZE, check_vocab
-from nanogpt.files import atomic_write, ckpt_path
+from nanogpt.data import GPT2_VOCAB_SIZE, MAX_DIMENSION, check_vocab, short
+from nanogpt.files import atomic_write, ckpt_path, pickle_bounds_error
 
 
 def save_checkpoint(path, checkpoint):
@@ -34,6 +35,8 @@ def load_checkpoint(path, missing_hint="train one first, or point --out_dir at t
     holds other objects is refused as such, since unpickling them could run code."""
     if not os.path.isfile(path):
         raise ScriptError(f"no checkpoint at {path}; {missing_hint}")
+    if reason := checkpoint_pickle_error(path):  # before torch.load builds anything from it
+        raise ScriptError(f"{path} is not a nanoGPT checkpoint ({reason}); it is not loaded")
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
@@ -52,7 +55,105 @@ def load_checkpoint(path, missing_hint="train one first, or point --out_dir at t
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint \
             or not isinstance(checkpoint.get('model_args'), dict):
         raise ScriptError(f"{path} is not a nanoGPT checkpoint (it lacks model or model_args)")
+    if problem := checkpoint_entry_error(checkpoint):
+        raise ScriptError(f"{path} cannot be used: {problem}; point out_dir at another checkpoint")
     return checkpoint
+
+
+CHECKPOINT_PICKLE_MAX_BYTES = 1 << 30  # the pickle of a checkpoint's structure (its tensors are stored beside it)
+
+
+def checkpoint_pickle_error(path):
+    """Why the pickle inside the checkpoint at path would take unbounded time or memory to load
+    (files.pickle_bounds_error), or None (also where it is not a checkpoint file at all: torch.load
+    says so). torch's zip archive holds it as <name>/data.pkl; its legacy format as the fourth of
+    the pickles at the file's start (a magic number, a version, system information, the checkpoint)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.filename.endswith('data.pkl'):
+                        if info.file_size > CHECKPOINT_PICKLE_MAX_BYTES:
+                            return f"its {info.filename} is {info.file_size:,} bytes"
+                        with archive.open(info) as f:
+                            if reason := pickle_bounds_error(f):
+                                return reason
+            return None
+        with open(path, 'rb') as f:
+            for _ in range(4):
+                if reason := pickle_bounds_error(f):
+                    return reason
+    except (OSError, zipfile.BadZipFile, RuntimeError, EOFError, NotImplementedError):
+        pass  # torch.load tells what is wrong with it
+    return None
+
+
+def _finite_error(value, where):
+    """The first tensor in value (a tensor, or dicts and lists of them) with a NaN or an infinity, named, or None."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return where
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if found := _finite_error(v, f"{where}[{short(k, 40)}]"):
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if found := _finite_error(v, f"{where}[{i}]"):
+                return found
+    return None
+
+
+def optimizer_state_like(value):
+    """Whether value has the form of torch's optimizer.state_dict(), or of a dict of such (optimizers
+    stepped as one, as Muon and AdamW): what loading it into an optimizer reads without checking."""
+    if isinstance(value, dict) and 'param_groups' in value:
+        return isinstance(value.get('state'), dict) and all(isinstance(s, dict) for s in value['state'].values()) \
+            and isinstance(value['param_groups'], list) \
+            and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in value['param_groups'])
+    return isinstance(value, dict) and len(value) > 0 and all(optimizer_state_like(v) for v in value.values())
+
+
+def checkpoint_entry_error(checkpoint):
+    """What is wrong with the entries of a loaded checkpoint dict that the scripts read (wrong types,
+    weights that are not finite), in words, or None. Entries upstream's checkpoints lack may be absent;
+    the optimizer state, which only a resume reads, is checked by planned_model."""
+    model = checkpoint['model']
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        return "its model is not a dict of named tensors"
+    if found := _finite_error(model, 'model'):
+        return (f"its weights are not all finite (NaN or infinity in {found}): it was saved from a run that had "
+                f"diverged")
+    rules = {  # entry: (test, what it must be)
+        'iter_num': (lambda v: type(v) is int and 0 <= v < 2**63, 'an integer from 0'),
+        'last_eval_iter': (lambda v: v is None or (type(v) is int and 0 <= v < 2**63), 'None or an integer from 0'),
+        'best_val_loss': (lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     or isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point())
+                          and not math.isnan(float(v)), 'a number'),
+        'config': (lambda v: isinstance(v, dict), 'a dict (the run\'s configuration)'),
+        'scaler': (lambda v: v is None or isinstance(v, dict), 'None or a dict (a GradScaler state)'),
+    }
+    for key, (test, what) in rules.items():
+        if key in checkpoint and not test(checkpoint[key]):
+            return f"its {key} is {short(checkpoint[key])}, not {what}"
+    return None
+
+
+@contextmanager
+def configured_optimizer_settings(optimizer, path):
+    """Around the loading of a checkpoint's optimizer state: a state that does not fit optimizer is one
+    line, and the hyperparameters optimizer was built with (learning rates and Muon's lr_scale, betas,
+    weight decay, momentum) are put back after it, as the state dict brings the checkpoint's. A resumed
+    run keeps the moments and step counts, and takes the settings configured now."""
+    configured = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
+    try:
+        yield
+    except Exception as e:  # torch's load_state_dict checks little: a state of another form fails anywhere
+        raise ScriptError(f"{path} holds an optimizer state that this optimizer cannot load ({type(e).__name__}: "
+                          f"{short(str(e), 200)}); point out_dir at another checkpoint")
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
 
 
 def clean_state_dict(state_dict):
@@ -81,7 +182,7 @@ def model_from_checkpoint(checkpoint, path, meta=False, **overrides):
     allocating anything (not a model to train: tied weights are no longer tied)."""
     args = dict(known_model_args(checkpoint['model_args']), **overrides)
     wrong = [k for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')
-             if isinstance(args.get(k), bool) or not isinstance(args.get(k), int) or args[k] <= 0]
+             if isinstance(args.get(k), bool) or not isinstance(args.get(k), int) or not 0 < args[k] <= MAX_DIMENSION]
     if wrong or not isinstance(args.get('bias', False), bool):
         raise ScriptError(f"{path} is not a nanoGPT checkpoint (its model_args have no sensible "
                           f"{', '.join(wrong) or 'bias'})")
@@ -102,12 +203,21 @@ SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'qk_norm', 'mlp_act
 
 def planned_model(init_from, out_dir, model_args=None):
     """The model_args that init_from will give, found without building the model (so that the data
-    and the memory can be checked first), or None where only loading tells (an unreadable
-    directory); and for 'resume' the checkpoint, to pass on to init_model."""
+    and the memory can be checked first, and a bad checkpoint or directory refused before anything is
+    written); and for 'resume' the checkpoint, to pass on to init_model."""
     if init_from == 'resume':
         path = ckpt_path(out_dir)
         checkpoint = load_checkpoint(path, "train one first, or start with --init_from=scratch")
         model_from_checkpoint(checkpoint, path, meta=True)  # the weights fit the shape
+        if missing := [k for k in ('optimizer', 'iter_num', 'best_val_loss') if k not in checkpoint]:
+            raise ScriptError(f"{path} lacks {' and '.join(missing)}, which a resume needs (sample.py and export_hf.py "
+                              f"can still read it); start with --init_from=scratch, or from another checkpoint")
+        if not optimizer_state_like(checkpoint['optimizer']):
+            raise ScriptError(f"{path} cannot be resumed: its optimizer is {short(checkpoint['optimizer'])}, not an "
+                              f"optimizer state (a dict of state and param_groups); point out_dir at another checkpoint")
+        if found := _finite_error(checkpoint['optimizer'], 'optimizer'):
+            raise ScriptError(f"{path} cannot be resumed: its optimizer state is not all finite (NaN or infinity in "
+                              f"{found}); point out_dir at another checkpoint")
         return known_model_args(checkpoint['model_args']), checkpoint
     pretrained = init_from in GPT2_SHAPES or (init_from != 'scratch' and os.path.isdir(init_from))
     if pretrained and (differences := ', '.join(f'{k}={model_args[k]!r}' for k in beyond_gpt2(model_args or {}))):
@@ -118,13 +228,10 @@ def planned_model(init_from, out_dir, model_args=None):
         return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=1024, bias=True,
                     vocab_size=GPT2_VOCAB_SIZE), None
     if init_from != 'scratch' and os.path.isdir(init_from):
-        try:
-            with open(os.path.join(init_from, 'config.json'), encoding='utf-8') as f:
-                hf = json.load(f)
-            return dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], block_size=hf['n_positions'],
-                        bias=True, vocab_size=hf['vocab_size']), None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, None  # GPT.from_pretrained says what is wrong with it
+        try:  # what GPT.from_pretrained reads, read first: a bad directory is refused before anything is written
+            return dict(read_hf_config(hf_directory_files(init_from)[0]), bias=True), None
+        except ValueError as e:
+            raise ScriptError(str(e))
     if init_from == 'scratch' and model_args is not None:
         return model_args, None
     raise unknown_init_from(init_from, scratch=model_args is not None)
@@ -160,11 +267,12 @@ def check_start(model_args, checkpoint, block_size, meta, dataset, optimizer='ad
                           f"its block_size (its optimizer state has that shape); use block_size={size}")
     if checkpoint is not None:
         config = checkpoint.get('config') if isinstance(checkpoint.get('config'), dict) else {}
-        saved = config.get('optimizer', 'adamw')  # upstream's checkpoints: AdamW
-        if saved != optimizer:
-            raise ScriptError(f"the checkpoint was trained with optimizer={saved!r}, whose state it holds; resume with "
-                              f"--optimizer={saved}")
-        hint = f"resume with the dataset it was trained on ({config.get('dataset', '?')})"
+        saved, trained_on = (config.get(k, default) for k, default in (('optimizer', 'adamw'), ('dataset', '?')))
+        if saved != optimizer:  # upstream's checkpoints (no 'optimizer'): AdamW
+            raise ScriptError(f"the checkpoint was trained with optimizer={short(saved)}, whose state it holds; resume "
+                              f"with --optimizer={saved if isinstance(saved, str) else short(saved)}")
+        trained_on = trained_on if isinstance(trained_on, str) else short(trained_on)
+        hint = f"resume with the dataset it was trained on ({trained_on})"
     else:
         hint = "GPT-2 reads GPT-2's BPE tokens: prepare the text with data/prepare.py --tokenizer=gpt2"
     check_vocab(meta, model_args['vocab_size'], f"dataset {dataset}", hint)

@@ -98,6 +98,8 @@ def json_lines(lines, where, expected):
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise ScriptError(f"{where} line {number} is not JSON ({e.msg}); {expected}")
+        except RecursionError:
+            raise ScriptError(f"{where} line {number} nests brackets too deep to read; {expected}")
         yield number, item
 
 

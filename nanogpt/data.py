@@ -13,16 +13,20 @@ Batches are random windows (upstream's sampler, get_batch), or the split read in
 (get_ordered_batch: train.py's data_order='sequential' and fixed_val_set).
 """
 
+import base64
+import binascii
 import hashlib
+import io
 import json
 import os
 import pickle
 import re
+import reprlib
 
 import numpy as np
 
 from nanogpt import ScriptError
-from nanogpt.files import finish_swap, swap_in
+from nanogpt.files import finish_swap, pickle_bounds_error, swap_in
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: data/ and the scripts
 SHAKESPEARE_TXT = os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')  # tiny Shakespeare, shipped
@@ -31,7 +35,13 @@ GPT2_EOT_TOKEN = 50256  # <|endoftext|>
 PADDED_GPT2_VOCAB_SIZE = 50304  # GPT-2's vocabulary padded up to a multiple of 64 for speed, as upstream's
 GPT2_BPE_ENV = 'NANOGPT_GPT2_BPE'
 EOT = '<|endoftext|>'  # the special token between documents (GPT-2's, and that of a BPE trained here)
+# GPT-2's BPE ranks (tiktoken's r50k_base.tiktoken, whose file has the sha256 306cd27f...dd930 that tiktoken
+# checks after a download) by ranks_sha256, whatever the layout of the file that holds them
+GPT2_RANKS_SHA256 = '7cff19521369c7f5f5ed77ed7b730e7491800afb47d01d341e12b3ca740d8543'
+GPT2_BPE_MAX_BYTES = 16 << 20  # the file is 835,554 bytes
 FULL_CHECK_TOKENS = 1 << 29  # token files up to this size are checked whole at start; larger ones batch by batch
+META_MAX_BYTES = 1 << 28  # a meta.pkl larger than this is not one the toolkit wrote
+MAX_DIMENSION = 2**31 - 1  # the largest size of a model dimension (vocab_size, n_embd, n_layer, ...) taken
 
 
 def dataset_dir(dataset):
@@ -61,9 +71,21 @@ class _NotPlainData(pickle.UnpicklingError):
     pass
 
 
+class _ShortRepr(reprlib.Repr):
+    """reprlib's repr, which shows a few levels and a few items of each, with integers too long to print
+    (Python refuses those of over 4300 digits) given by their size."""
+
+    def repr_int(self, x, level):
+        return repr(x) if x.bit_length() <= 200 else f"<an integer of {x.bit_length():,} bits>"
+
+
 def short(value, limit=60):
-    """A value's repr, cut to limit characters: for values in messages that may be anything."""
-    text = repr(value)
+    """A value's repr, cut to limit characters, in bounded time and memory whatever the value is (a list
+    nested in itself level upon level, an integer of a million digits): for values in messages that may
+    be anything."""
+    shorter = _ShortRepr()
+    shorter.maxlevel, shorter.maxstring, shorter.maxother, shorter.maxlong = 3, limit, limit, limit
+    text = shorter.repr(value)
     return text if len(text) <= limit else text[:limit] + '...'
 
 
@@ -76,7 +98,15 @@ def load_meta(data_dir):
         return {}
     try:
         with open(path, 'rb') as f:
-            meta = _PlainDataUnpickler(f).load()
+            data = f.read(META_MAX_BYTES + 1)
+        if len(data) > META_MAX_BYTES:
+            raise ScriptError(f"{path} is larger than {META_MAX_BYTES >> 20} MiB, not a meta.pkl this toolkit wrote; "
+                              f"prepare the dataset again")
+        if reason := pickle_bounds_error(io.BytesIO(data)):  # before anything is built from it
+            raise ScriptError(f"{path} is not a dataset's meta.pkl ({reason}); prepare the dataset again")
+        meta = _PlainDataUnpickler(io.BytesIO(data)).load()
+    except ScriptError:
+        raise
     except _NotPlainData as e:
         raise ScriptError(f"{path} holds more than plain data (it refers to {e}); it is not loaded, since unpickling "
                           f"it could run code. Prepare the dataset again (or load it yourself if you trust its source)")
@@ -91,8 +121,9 @@ def check_meta(meta, path):
     if not isinstance(meta, dict):
         raise ScriptError(f"{path} holds a {type(meta).__name__}, not a dict; prepare the dataset again")
     vocab_size = meta.get('vocab_size', 1)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
-        raise ScriptError(f"{path} says vocab_size={short(vocab_size)}, not a positive int; prepare the dataset again")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 < vocab_size <= MAX_DIMENSION:
+        raise ScriptError(f"{path} says vocab_size={short(vocab_size)}, not a positive int (up to 2**31 - 1); "
+                          f"prepare the dataset again")
     files = meta.get('files', {})
     if not (isinstance(files, dict) and all(isinstance(k, str) and type(v) is int and v >= 0
                                             for k, v in files.items())):
@@ -387,14 +418,44 @@ def gpt2_encoding():
                              f"offline, set {GPT2_BPE_ENV} to a local gpt2.tiktoken file")
         if not os.path.isfile(path):
             raise ScriptError(f"{GPT2_BPE_ENV}={path} does not exist, and tiktoken could not download the GPT-2 BPE")
-        from tiktoken.load import load_tiktoken_bpe
         from tiktoken_ext.openai_public import r50k_pat_str
-        try:
-            ranks = load_tiktoken_bpe(path)
-        except Exception as e:
-            raise ScriptError(f"{GPT2_BPE_ENV}={path} is not a tiktoken BPE file ({type(e).__name__}: {e})")
-        return tiktoken.Encoding(name='gpt2', pat_str=r50k_pat_str, mergeable_ranks=ranks,
+        return tiktoken.Encoding(name='gpt2', pat_str=r50k_pat_str, mergeable_ranks=gpt2_ranks(path),
                                  special_tokens={'<|endoftext|>': GPT2_EOT_TOKEN})
+
+
+def gpt2_ranks(path):
+    """GPT-2's BPE ranks {token bytes: rank} from a file in tiktoken's format (a line 'base64 rank' per
+    token), read whole (tiktoken's own reader would cache it by its path), and checked to be GPT-2's:
+    another BPE of its own ranks would tokenize every text into other ids, without a word."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read(GPT2_BPE_MAX_BYTES + 1)
+    except OSError as e:
+        raise ScriptError(f"cannot read {GPT2_BPE_ENV}={path}: {e.strerror or e}")
+    where = f"{GPT2_BPE_ENV}={path}"
+    if len(data) > GPT2_BPE_MAX_BYTES:
+        raise ScriptError(f"{where} is larger than {GPT2_BPE_MAX_BYTES >> 20} MiB, not GPT-2's BPE ranks (tiktoken's "
+                          f"r50k_base.tiktoken, 835,554 bytes)")
+    ranks = {}
+    try:
+        for line in data.splitlines():
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+    except (ValueError, binascii.Error):
+        raise ScriptError(f"{where} is not a tiktoken BPE file (each line a base64 token and its rank)")
+    if sorted(ranks.values()) != list(range(GPT2_EOT_TOKEN)) or ranks_sha256(ranks) != GPT2_RANKS_SHA256:
+        raise ScriptError(f"{where} holds a BPE of {len(ranks):,} tokens that is not GPT-2's (tiktoken's "
+                          f"r50k_base.tiktoken); point it at GPT-2's")
+    return ranks
+
+
+def ranks_sha256(ranks):
+    """A fingerprint of BPE ranks: the sha256 of the tokens in the order of their ranks, each after its length."""
+    digest = hashlib.sha256()
+    for token, _ in sorted(ranks.items(), key=lambda item: item[1]):
+        digest.update(len(token).to_bytes(4, 'little') + token)
+    return digest.hexdigest()
 
 
 def char_vocab(text):

@@ -299,6 +299,9 @@ def select_sdpa_backend(name, device, dtype, dropout):
         if torch.cuda.get_device_capability(device) < (8, 0):
             raise ScriptError(f"sdpa_backend={name} needs compute capability 8.0 (Ampere) or later, and this GPU "
                               f"({torch.cuda.get_device_name(device)}) has not; use sdpa_backend=efficient or auto")
+    if kind == 'cpu' and name == 'flash' and dropout > 0:
+        raise ScriptError(f"sdpa_backend=flash has no kernel with dropout on the CPU (dropout={dropout}); use "
+                          f"sdpa_backend=auto or math, or dropout=0")
     if name == 'cudnn' and not dropout_in_sixteenths(dropout):
         raise ScriptError(f"sdpa_backend=cudnn applies dropout only in steps of 1/16, so dropout={dropout} would "
                           f"become another rate or find no kernel; use a multiple of 0.0625 or another sdpa_backend")

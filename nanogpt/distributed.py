@@ -19,6 +19,9 @@ def setup(backend, device):
     device) with this process's device; otherwise (0, 0, 1, device).
     A process on cuda:N makes GPU N its current device: else CUDA's first use by anything that takes
     the current device puts a context (about 0.5 GB) on GPU 0."""
+    known = [b for b in getattr(dist.Backend, 'backend_list', ['gloo', 'nccl', 'mpi']) if b not in ('undefined', 'fake')]
+    if backend not in ('', 'auto', *known):
+        raise ScriptError(f"unknown backend {backend!r}; use auto (nccl on GPUs, gloo on CPUs) or one of {', '.join(known)}")
     if int(os.environ.get('RANK', -1)) == -1:
         if device.startswith('cuda:'):
             torch.cuda.set_device(device)
@@ -29,6 +32,8 @@ def setup(backend, device):
         torch.cuda.set_device(device)
     if backend in ('', 'auto'):
         backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    if backend == 'nccl' and not device.startswith('cuda'):
+        raise ScriptError(f"backend=nccl connects CUDA GPUs, and this run is on {device}; use backend=gloo (or auto)")
     options = {}
     if backend == 'nccl' and 'device_id' in inspect.signature(dist.init_process_group).parameters:
         # binds the group to this GPU: NCCL then knows which GPU a barrier is for, and does not warn at
@@ -39,6 +44,25 @@ def setup(backend, device):
     # destroyed with it, could abort the process (exit code -6 instead of the error's 1)
     atexit.register(leave)
     return rank, local_rank, world_size, device
+
+
+def check_same_config(config):
+    """Under torchrun: stops every process, in one line naming what differs, where they were not all
+    given the same configuration (a config file that reads the environment, files that differ between
+    nodes): their batches, shapes and collectives would not match, and the run would hang or fail with
+    a traceback far from the cause. Nothing where there is one process."""
+    if not is_distributed():
+        return
+    configs = [None] * dist.get_world_size()
+    dist.all_gather_object(configs, {k: repr(v) for k, v in config.items()})
+    differ = [k for k in sorted(set().union(*configs)) if len({c.get(k) for c in configs}) > 1]
+    if differ:
+        def values(k):  # rank 0's value, and the first rank that has another
+            r = next(r for r, c in enumerate(configs) if c.get(k) != configs[0].get(k))
+            return f"{k} is {configs[0].get(k, 'missing')} on rank 0 and {configs[r].get(k, 'missing')} on rank {r}"
+        shown = '; '.join(values(k) for k in differ[:3])
+        raise ScriptError(f"the processes were given different settings ({shown}{'; ...' if len(differ) > 3 else ''}); "
+                          f"give every process the same config files and --key=value overrides")
 
 
 def leave():

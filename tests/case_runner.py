@@ -9,7 +9,7 @@ run and the output is flushed. Only the module teardown that follows in a real i
 with torch loaded) is skipped. A case may also be given resource limits.
 
 $ python case_runner.py cases.json results.json
-cases.json: a list of {"cwd", "argv": [script, args...], "env", "rlimits": {"RLIMIT_AS": bytes, ...}, "timeout"}
+cases.json: a list of {"cwd", "argv": [script, args...], "env", "rlimits": {"RLIMIT_AS": bytes, ...}, "umask", "timeout"}
 (a case still running after timeout seconds, default 120, is killed: exit code -9)
 results.json: a list of {"rc", "stdout", "stderr"}, in the same order.
 """
@@ -63,6 +63,8 @@ def run_script(case, out, err):
         os.close(target)
     for name, limit in case.get('rlimits', {}).items():
         resource.setrlimit(getattr(resource, name), (limit, limit))
+    if 'umask' in case:
+        os.umask(case['umask'])
     os.chdir(case['cwd'])
     os.environ.clear()
     os.environ.update(case['env'])

@@ -1,5 +1,6 @@
 """Shared fixtures: a throwaway copy of the project to run the real scripts in, the tiny Shakespeare
-text the project ships, the GPT-2 BPE file from ../shared/data, and a tiny model configuration."""
+text the project ships, the GPT-2 BPE file (from ../shared/data, else the copy in tests/fixtures), and a
+tiny model configuration."""
 
 import json
 import math
@@ -17,8 +18,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHAKESPEARE_TXT = REPO / 'data' / 'shakespeare_char' / 'input.txt'  # shipped with the project
-# tiktoken's GPT-2 BPE file, for the BPE tests: where the user points at one, else the shared data beside the project
-GPT2_BPE = Path(os.environ.get('NANOGPT_GPT2_BPE') or REPO.parent / 'shared' / 'data' / 'gpt2_bpe' / 'gpt2.tiktoken')
+# tiktoken's GPT-2 BPE file, for the BPE tests: where the user points at one, else the shared data beside the
+# project, else the copy the tests carry (tests/fixtures/README.md), so that they run from a plain clone offline
+SHARED_GPT2_BPE = REPO.parent / 'shared' / 'data' / 'gpt2_bpe' / 'gpt2.tiktoken'
+GPT2_BPE = Path(os.environ.get('NANOGPT_GPT2_BPE') or
+                (SHARED_GPT2_BPE if SHARED_GPT2_BPE.exists() else REPO / 'tests' / 'fixtures' / 'gpt2.tiktoken'))
 
 # a model small enough that a training iteration takes milliseconds on a CPU
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--dropout=0.0',
@@ -131,8 +135,8 @@ def tiny(**kw):
 def run_cases(cases, timeout=600):
     """Runs the real scripts for many cases at the cost of one torch import: tests/case_runner.py
     forks a process per case that runs `python script args...` as the interpreter would. cases are
-    dicts with cwd, argv ([script, args...]) and optionally env (default script_env()) and rlimits
-    ({'RLIMIT_AS': bytes, ...}); returns a dict {rc, stdout, stderr} per case, in order."""
+    dicts with cwd, argv ([script, args...]) and optionally env (default script_env()), rlimits
+    ({'RLIMIT_AS': bytes, ...}) and umask; returns a dict {rc, stdout, stderr} per case, in order."""
     with tempfile.TemporaryDirectory() as tmp:
         cases_file, results_file = os.path.join(tmp, 'cases.json'), os.path.join(tmp, 'results.json')
         with open(cases_file, 'w', encoding='utf-8') as f:

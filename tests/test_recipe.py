@@ -263,3 +263,71 @@ def test_bench_counts_the_flops_of_the_model_it_runs(project):
     n = L * (12 * C * C + 2 * C) + C + 65 * C
     expected = (6 * n + 12 * L * 2 * (C // 2) * T) * 4 * T / (float(m.group(1)) / 1000) / 1e11 * 100
     assert float(m.group(2)) == pytest.approx(expected, rel=0.01, abs=0.01)
+
+
+def reference_forward(model, idx, targets):
+    """The model's logits and loss computed here from each technique's definition, with its weights but
+    none of model.py's code: rotary embeddings (RoFormer, Su et al. 2021: each pair of a head's channels,
+    here channel j and channel j + head_size/2, read as one complex number, is multiplied by e^(i p theta_j)
+    at position p, theta_j = 10000^(-2j/head_size)), QK-norm (each head's query and key divided by its root
+    mean square, the values untouched), ReLU squared, and soft-capping (logits c * tanh(logits / c), the
+    loss taken on those)."""
+    cfg, sd = model.config, {k: v.detach() for k, v in model.state_dict().items()}
+    B, T = idx.shape
+    C, H = cfg.n_embd, cfg.n_head
+    hs = C // H
+
+    def layer_norm(x, name):
+        return F.layer_norm(x, (C,), sd[f'{name}.weight'], sd.get(f'{name}.bias'), 1e-5)
+
+    def linear(x, name):
+        y = x @ sd[f'{name}.weight'].T
+        return y + sd[f'{name}.bias'] if f'{name}.bias' in sd else y
+
+    def rotated(t):  # (B, H, T, hs)
+        theta = 10000.0 ** (-2 * torch.arange(hs // 2, dtype=torch.float64) / hs)
+        turn = torch.polar(torch.ones(T, hs // 2, dtype=torch.float64), torch.arange(T)[:, None] * theta)
+        z = torch.complex(t[..., :hs // 2].double(), t[..., hs // 2:].double()) * turn
+        return torch.cat((z.real, z.imag), dim=-1).float()
+
+    def rms_normed(t):
+        return t / torch.sqrt(t.pow(2).mean(dim=-1, keepdim=True) + torch.finfo(t.dtype).eps)
+
+    x = sd['transformer.wte.weight'][idx]
+    if not cfg.rope:
+        x = x + sd['transformer.wpe.weight'][:T]
+    for i in range(cfg.n_layer):
+        block = f'transformer.h.{i}'
+        q, k, v = (t.view(B, T, H, hs).transpose(1, 2)
+                   for t in linear(layer_norm(x, f'{block}.ln_1'), f'{block}.attn.c_attn').split(C, dim=-1))
+        if cfg.qk_norm:
+            q, k = rms_normed(q), rms_normed(k)
+        if cfg.rope:
+            q, k = rotated(q), rotated(k)
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(hs)).masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(),
+                                                                      float('-inf'))
+        x = x + linear((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, C), f'{block}.attn.c_proj')
+        h = linear(layer_norm(x, f'{block}.ln_2'), f'{block}.mlp.c_fc')
+        h = F.relu(h) ** 2 if cfg.mlp_activation == 'relu2' else 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+        x = x + linear(h, f'{block}.mlp.c_proj')
+    logits = layer_norm(x, 'transformer.ln_f') @ sd['lm_head.weight'].T
+    if cfg.logit_softcap:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@pytest.mark.parametrize('technique', [dict(rope=True), dict(qk_norm=True), dict(logit_softcap=3.0), RECIPE])
+def test_each_technique_computes_its_definition(technique):
+    """Not only that a key reaches the model: the model computes, to float32 rounding, what the reference
+    written from the definitions computes, with weights far from their initial values (soft-capping: logits
+    well beyond the cap, so that leaving it out anywhere would show)."""
+    model = perturbed(tiny(**technique)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    idx = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(2))
+    logits, loss = model(idx, targets)
+    want_logits, want_loss = reference_forward(model, idx, targets)
+    assert want_logits.abs().max() > 2 * technique.get('logit_softcap', 10.0) / 3  # the cap, where there is one, is met
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)

@@ -1,12 +1,16 @@
-"""Nothing runs that the user did not write, no run is lost or shared by accident, and every failure is
-one line: a table of bad inputs through the real scripts, payloads in meta.pkl and checkpoints,
-two runs into one out_dir, a full disk, datasets and exports swapped in whole."""
+"""Nothing runs that the user did not write, no run is lost or shared by accident, nothing is written
+through a link, and every failure is one line: a table of bad inputs through the real scripts (hostile
+and careless files, links planted where the toolkit writes), payloads in meta.pkl and checkpoints, two
+runs into one out_dir, ranks given different settings, Ctrl-C, a full disk, datasets and exports
+swapped in whole, and what a crash leaves for the next run."""
 
+import base64
 import fcntl
 import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +21,22 @@ import torch
 
 from conftest import TINY, run_cases, run_script, script_env, torchrun
 from nanogpt.data import load_meta, write_dataset
+from nanogpt.files import read_metrics
 
 TRAIN = ['train.py', 'config/train_shakespeare_char.py', *TINY]
 BENCH = ['bench.py', '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
          '--batch_size=4', '--dataset=shakespeare_char', '--burnin=1', '--num_steps=2']
 SAMPLE = ['sample.py', '--device=cpu', '--num_samples=1', '--max_new_tokens=5']
-NO_BIG_ALLOCATION = {'RLIMIT_AS': 8 << 30}  # a shape refused by the memory check must not try to allocate first
+EVALUATE = ['benchmarks/evaluate.py', '--device=cpu']
+# a case's options: rlimits (resource limits), env (added to script_env's), rc (the exit code expected)
+NO_BIG_ALLOCATION = {'rlimits': {'RLIMIT_AS': 8 << 30}}  # a shape refused by the memory check must not try to allocate first
+CTRL_C = {'rc': 130}
+# GPT-2's BPE cannot be downloaded (a proxy that refuses, no tiktoken cache): the file NANOGPT_GPT2_BPE names is read
+OFFLINE = {'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', 'NO_PROXY': '',
+           'TIKTOKEN_CACHE_DIR': '{base}/no_tiktoken_cache'}
+NO_WANDB_KEY = {'HOME': '{base}/home', 'WANDB_MODE': '', 'WANDB_API_KEY': '', 'WANDB_CONFIG_DIR': '{base}/home',
+                'WANDB_DIR': '{base}/home'}
+DROP = object()  # checkpoint_variant: the entry removed
 
 
 class Payload:
@@ -36,12 +50,38 @@ class Payload:
 
 
 def checkpoint_variant(source, folder, **changes):
-    """A copy of the checkpoint at source in folder/ckpt.pt, with entries replaced (a dict merges)."""
+    """A copy of the checkpoint at source in folder/ckpt.pt, with entries replaced (a dict merges, DROP removes)."""
     ckpt = torch.load(source, map_location='cpu', weights_only=True)
     for key, value in changes.items():
-        ckpt[key] = dict(ckpt[key], **value) if isinstance(value, dict) and isinstance(ckpt.get(key), dict) else value
+        if value is DROP:
+            del ckpt[key]
+        else:
+            ckpt[key] = dict(ckpt[key], **value) if isinstance(value, dict) and isinstance(ckpt.get(key), dict) else value
     folder.mkdir()
     torch.save(ckpt, folder / 'ckpt.pt')
+
+
+def shared_lists(levels):
+    """A list that holds one list twice, which holds one list twice, ... levels deep: a pickle of a few
+    hundred bytes (each list is written once), 2**levels lists when walked."""
+    value = []
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def tuple_key_pickle(levels):
+    """The pickle of {key: 1}, key a tuple that holds one tuple twice, ... levels deep: unpickling hashes
+    the key, which walks all 2**levels tuples. (Made from its opcodes: the dict itself could not be built.)"""
+    key = ()
+    for _ in range(levels):
+        key = (key, key)
+    return b'\x80\x02}q\xff' + pickle.dumps(key, protocol=2)[2:-1] + b'K\x01s.'
+
+
+def tiktoken_file(path, ranks):
+    """A well-formed tiktoken BPE file of these ranks ({token bytes: rank})."""
+    path.write_bytes(b''.join(base64.b64encode(token) + b' %d\n' % rank for token, rank in ranks.items()))
 
 
 @pytest.fixture(scope='module')
@@ -109,10 +149,57 @@ def bad(project, tmp_path_factory):
     (base / 'metrics_empty').mkdir()
     (base / 'metrics_empty' / 'metrics.jsonl').write_text('')
     (base / 'busy').mkdir()
+
+    # hostile and careless files (issue 25): structures that unfold without end, numbers too large to print
+    for name, meta in (('meta_shared_lists', {'vocab_size': shared_lists(60)}), ('meta_huge_int', {'vocab_size': 10**400})):
+        (base / name).mkdir()
+        (base / name / 'meta.pkl').write_bytes(pickle.dumps(meta))
+    (base / 'meta_deep').mkdir()
+    (base / 'meta_deep' / 'meta.pkl').write_bytes(b'\x80\x02' + b']' * 5000 + b'a' * 4999 + b'.')  # lists 5000 deep
+    (base / 'meta_tuple_key').mkdir()
+    (base / 'meta_tuple_key' / 'meta.pkl').write_bytes(tuple_key_pickle(60))
+    nan_weight = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)['model']['lm_head.weight'] * float('nan')
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_nan', model={'lm_head.weight': nan_weight})
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_iter_str', iter_num='abc')
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_no_iter', iter_num=DROP)
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_optim_str', optimizer='Adam')
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_optim_foreign', optimizer={'state': 'none'})
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_config_str', config='shakespeare_char')
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_best_nan', best_val_loss=float('nan'))
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_huge_args', model_args={'n_layer': 10**400})
+    checkpoint_variant(out / 'ckpt.pt', base / 'ckpt_shared_lists', config={'optimizer': shared_lists(60)})
+    tiktoken_file(base / 'other_bpe.tiktoken', {bytes([i]): i for i in range(256)} | {b'th': 256, b'he': 257})
+    (base / 'no_tiktoken_cache').mkdir()
+    (base / 'home').mkdir()
+    (base / 'ctrl_c.py').write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while starting\n")
+    for name, config_json in (('hfdir_deep', '[' * 100_000 + ']' * 100_000),
+                              ('hfdir_huge', json.dumps(dict(n_layer=10**400, n_head=2, n_embd=16, n_positions=64,
+                                                             vocab_size=65)))):
+        (base / name).mkdir()
+        (base / name / 'config.json').write_text(config_json)
+        (base / name / 'model.safetensors').write_bytes(b'')
+    (base / 'deep.jsonl').write_text('[' * 100_000 + ']' * 100_000 + '\n')
+    (base / 'metrics_huge_iter').mkdir()
+    (base / 'metrics_huge_iter' / 'metrics.jsonl').write_text('{"iter": 1%s, "loss": 1.0}\n' % ('0' * 400))
+    # links planted at the names of files the toolkit writes, leading to a file that is not the toolkit's
+    victim = base / 'victim.txt'
+    victim.write_text('not a file of this toolkit\n')
+    for folder, name in (('link_lock', 'run.lock'), ('link_tmp', 'ckpt.pt.tmp'), ('link_metrics', 'metrics.jsonl'),
+                         ('link_ds', 'train.bin'), ('link_export', 'config.json')):
+        (base / folder).mkdir()
+        (base / folder / name).symlink_to(victim if folder != 'link_export' else base / 'nowhere.json')
+    shutil.copytree(out, base / 'link_tmp_resume')
+    (base / 'link_tmp_resume' / 'ckpt.pt.tmp').symlink_to(victim)
+    (base / 'link_ckpt').mkdir()
+    (base / 'link_ckpt' / 'ckpt.pt').symlink_to(base / 'out' / 'ckpt.pt')
+    (base / 'hardlink_metrics').mkdir()
+    os.link(victim, base / 'hardlink_metrics' / 'metrics.jsonl')
+    (base / 'link.png').symlink_to(victim)
     return base
 
 
-# (script and its fixed arguments, case, arguments, text expected in the error line, resource limits)
+# (script and its fixed arguments, case, arguments, text expected in the error line (or in the one warning line of a
+# case that goes on, as it may), options: see NO_BIG_ALLOCATION)
 BAD_INPUTS = [
     # --- train.py: configuration
     (TRAIN, 'unknown key on the command line', ['--batchsize=4'], "unknown config key 'batchsize'", None),
@@ -297,6 +384,105 @@ BAD_INPUTS = [
      "cannot read {base}/latin1.txt: 'utf-8' codec can't decode byte 0xe9", None),
     (['data/shakespeare/prepare.py'], 'missing text', ['{base}/nope.txt'], "cannot read {base}/nope.txt", None),
     (['data/shakespeare/prepare.py'], 'not UTF-8', ['{base}/latin1.txt'], "cannot read {base}/latin1.txt", None),
+
+    # --- issue 25: files written through links planted at their names (the file they lead to stays as it is)
+    (TRAIN, 'run.lock a link', ['--out_dir={base}/link_lock'], "{base}/link_lock/run.lock is a symbolic link (to "
+     "{base}/victim.txt), and this toolkit does not write through links", None),
+    (TRAIN, 'ckpt.pt.tmp a link', ['--out_dir={base}/link_tmp'], "{base}/link_tmp/ckpt.pt.tmp is a symbolic link", None),
+    (TRAIN, 'ckpt.pt.tmp a link, evaluating only', ['--out_dir={base}/link_tmp_resume', '--init_from=resume',
+                                                   '--eval_only=True'],
+     "{base}/link_tmp_resume/ckpt.pt.tmp is a symbolic link", None),
+    (TRAIN, 'ckpt.pt a link, resumed', ['--out_dir={base}/link_ckpt', '--init_from=resume'],
+     "{base}/link_ckpt/ckpt.pt is a symbolic link (to {base}/out/ckpt.pt)", None),
+    (TRAIN, 'metrics.jsonl a link', ['--out_dir={base}/link_metrics'], "{base}/link_metrics/metrics.jsonl is a symbolic link",
+     None),
+    (TRAIN, 'metrics.jsonl a hard link', ['--out_dir={base}/hardlink_metrics'],
+     "{base}/hardlink_metrics/metrics.jsonl is one of 2 names of the same file (a hard link)", None),
+    (['data/prepare.py'], 'train.bin a link', ['--input={base}/ok.txt', '--dataset={base}/link_ds'],
+     "{base}/link_ds/train.bin is a symbolic link", None),
+    (['export_hf.py'], 'config.json a dangling link', ['--out_dir={base}/out', '--export_dir={base}/link_export'],
+     "{base}/link_export/config.json is a symbolic link (to {base}/nowhere.json)", None),
+    (['plot.py'], 'the picture a link', ['--out_dir={base}/out', '--output={base}/link.png'],
+     "{base}/link.png is a symbolic link", None),
+    # --- issue 25: files that only look like data; reading, checking and describing them is bounded
+    (TRAIN, 'meta.pkl of lists shared level upon level', ['--dataset={base}/meta_shared_lists'],
+     "{base}/meta_shared_lists/meta.pkl is not a dataset's meta.pkl (it unfolds into more than 16,777,216 values", None),
+    (BENCH, 'meta.pkl of lists shared level upon level', ['--dataset={base}/meta_shared_lists'],
+     "meta_shared_lists/meta.pkl is not a dataset's meta.pkl (it unfolds into more than", None),
+    (TRAIN, 'meta.pkl with a key of tuples shared level upon level', ['--dataset={base}/meta_tuple_key'],
+     "meta_tuple_key/meta.pkl is not a dataset's meta.pkl (it unfolds into more than", None),
+    (TRAIN, 'meta.pkl nested 5000 deep', ['--dataset={base}/meta_deep'],
+     "meta_deep/meta.pkl is not a dataset's meta.pkl (it nests values more than 100 deep)", None),
+    (TRAIN, 'meta.pkl vocab_size of 400 digits', ['--dataset={base}/meta_huge_int'],
+     "says vocab_size=<an integer of 1,329 bits>, not a positive int", None),
+    (TRAIN, 'checkpoint config of lists shared level upon level', ['--init_from=resume', '--out_dir={base}/ckpt_shared_lists'],
+     "{base}/ckpt_shared_lists/ckpt.pt is not a nanoGPT checkpoint (it unfolds into more than", None),
+    (SAMPLE, 'checkpoint config of lists shared level upon level', ['--out_dir={base}/ckpt_shared_lists'],
+     "ckpt_shared_lists/ckpt.pt is not a nanoGPT checkpoint (it unfolds into more than", None),
+    (TRAIN, 'checkpoint iter_num a string', ['--init_from=resume', '--out_dir={base}/ckpt_iter_str'],
+     "{base}/ckpt_iter_str/ckpt.pt cannot be used: its iter_num is 'abc', not an integer from 0", None),
+    (TRAIN, 'checkpoint without iter_num', ['--init_from=resume', '--out_dir={base}/ckpt_no_iter'],
+     "{base}/ckpt_no_iter/ckpt.pt lacks iter_num, which a resume needs", None),
+    (TRAIN, 'checkpoint optimizer a string', ['--init_from=resume', '--out_dir={base}/ckpt_optim_str'],
+     "its optimizer is 'Adam', not an optimizer state (a dict of state and param_groups)", None),
+    (TRAIN, 'checkpoint optimizer state of another form', ['--init_from=resume', '--out_dir={base}/ckpt_optim_foreign'],
+     "{base}/ckpt_optim_foreign/ckpt.pt cannot be resumed: its optimizer is {{'param_groups': [", None),
+    (TRAIN, 'checkpoint best_val_loss NaN', ['--init_from=resume', '--out_dir={base}/ckpt_best_nan'],
+     "its best_val_loss is nan, not a number", None),
+    (EVALUATE, 'checkpoint config a string', ['--out_dir={base}/ckpt_config_str'],
+     "its config is 'shakespeare_char', not a dict (the run's configuration)", None),
+    (SAMPLE, 'checkpoint config a string', ['--out_dir={base}/ckpt_config_str'], "its config is 'shakespeare_char'", None),
+    (SAMPLE, 'checkpoint n_layer of 400 digits', ['--out_dir={base}/ckpt_huge_args'], "model_args have no sensible n_layer",
+     NO_BIG_ALLOCATION),
+    (TRAIN, 'checkpoint of NaN weights', ['--init_from=resume', '--out_dir={base}/ckpt_nan'],
+     "{base}/ckpt_nan/ckpt.pt cannot be used: its weights are not all finite (NaN or infinity in model[", None),
+    (SAMPLE, 'checkpoint of NaN weights', ['--out_dir={base}/ckpt_nan'], "its weights are not all finite", None),
+    (['export_hf.py'], 'checkpoint of NaN weights', ['--out_dir={base}/ckpt_nan', '--export_dir={base}/hf_nan'],
+     "its weights are not all finite", None),
+    (['data/prepare.py'], "a tiktoken file that is not GPT-2's", ['--input={base}/ok.txt', '--dataset={base}/new_ds',
+                                                                  '--tokenizer=gpt2'],
+     "NANOGPT_GPT2_BPE={base}/other_bpe.tiktoken holds a BPE of 258 tokens that is not GPT-2's",
+     {'env': dict(OFFLINE, NANOGPT_GPT2_BPE='{base}/other_bpe.tiktoken')}),
+    (TRAIN, 'max_iters of 401 digits', ['--max_iters=1' + '0' * 400],
+     "max_iters is an integer of 1,329 bits, too large for this toolkit (on the command line)", None),
+    (TRAIN, 'learning_rate of 401 digits', ['--learning_rate=1' + '0' * 400],
+     "learning_rate is an integer of 1,329 bits, too large for this toolkit", None),
+    (TRAIN, 'config.json nested 100,000 deep', ['--init_from={base}/hfdir_deep'], "cannot read {base}/hfdir_deep/config.json",
+     None),
+    (SAMPLE, 'config.json with an n_layer of 401 digits', ['--init_from={base}/hfdir_huge'],
+     "{base}/hfdir_huge/config.json has no sensible n_layer", NO_BIG_ALLOCATION),
+    (EVALUATE, 'HellaSwag line nested 100,000 deep', ['--out_dir={base}/out', '--hellaswag=True',
+                                                      '--hellaswag_path={base}/deep.jsonl'],
+     "{base}/deep.jsonl line 1 nests brackets too deep to read", None),
+    # --- issue 25: what went on silently with wrong results
+    (EVALUATE, 'scored on data of another vocabulary', ['--out_dir={base}/out', '--dataset={base}/vocab80'],
+     "the model's vocabulary (65 tokens) is not that of dataset {base}/vocab80 (80 tokens)", None),
+    (TRAIN, 'cooldown_iters longer than the decay window', ['--cooldown_iters=6000', '--max_iters=2',
+                                                            '--out_dir={scratch}/cooldown'],
+     "warning: cooldown_iters=6000 is longer than the decay window after the warmup (lr_decay_iters - warmup_iters = "
+     "4995)", None),
+    (TRAIN, "evaluating another model into a run's out_dir", ['--out_dir={base}/out', '--eval_only=True'],
+     "{base}/out already holds a run (ckpt.pt and metrics.jsonl)", None),
+    (TRAIN, "evaluating a Hugging Face model into a run's out_dir",
+     ['--out_dir={base}/out', '--eval_only=True', '--init_from={base}/hf65'],
+     "{base}/out already holds a run", None),
+    # --- issue 25: tracebacks where one line belongs
+    (TRAIN, 'backend misspelt', ['--backend=ncl'], "unknown backend 'ncl'; use auto (nccl on GPUs, gloo on CPUs)", None),
+    (TRAIN, 'flash attention with dropout on the CPU', ['--sdpa_backend=flash', '--dropout=0.1'],
+     "sdpa_backend=flash has no kernel with dropout on the CPU", None),
+    (BENCH, 'flash attention with dropout on the CPU', ['--sdpa_backend=flash', '--dropout=0.1'],
+     "sdpa_backend=flash has no kernel with dropout on the CPU", None),
+    (BENCH, 'a random batch of 64 GB', ['--real_data=False', '--batch_size=1000000', '--block_size=4096'],
+     "GiB of this machine", NO_BIG_ALLOCATION),
+    (BENCH, 'a profile_dir that cannot be created', ['--profile=True', '--profile_dir={base}/afile/trace'],
+     "cannot create profile_dir {base}/afile/trace", None),
+    (SAMPLE, 'a prompt file that never ends', ['--out_dir={base}/out', '--start=FILE:/dev/zero'],
+     "the prompt file /dev/zero is longer than 16 MiB", NO_BIG_ALLOCATION),
+    (['plot.py'], 'an iteration of 401 digits', ['--out_dir={base}/metrics_huge_iter'], "has no rows yet", None),
+    (TRAIN, 'wandb without an API key', ['--wandb_log=True'], "run `wandb login` (or set WANDB_API_KEY), or log offline "
+     "with WANDB_MODE=offline", {'env': NO_WANDB_KEY}),
+    (TRAIN, 'Ctrl-C while starting', ['{base}/ctrl_c.py'], "error: interrupted (Ctrl-C)", CTRL_C),
+    (SAMPLE, 'Ctrl-C while starting', ['--out_dir={base}/out', '{base}/ctrl_c.py'], "error: interrupted (Ctrl-C)", CTRL_C),
 ]
 
 
@@ -324,11 +510,23 @@ def hold_lock(folder):
     return lock
 
 
-def test_bad_inputs_each_give_one_line_and_change_nothing(project, bad):
+def one_warning_line(result, name):
+    """The one line a run that went on printed on stderr: exit code 0, no traceback, one 'warning: ' line."""
+    assert result['rc'] == 0 and 'Traceback' not in result['stderr'], f"{name}: {result['stderr'][-3000:]}"
+    lines = result['stderr'].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('warning: '), f"{name}: {result['stderr'][-3000:]}"
+    return lines[0]
+
+
+def test_bad_inputs_each_give_one_line_and_change_nothing(project, bad, tmp_path):
+    """Each case ends with one error line and changes nothing; a case whose expected line is a warning
+    goes on (it is legitimate) and writes only into its own folder under {scratch}."""
     assert len(BAD_INPUTS) >= 60
-    cases = [dict(cwd=project, argv=[*script, *(a.format(base=bad) for a in args)],
-                  **({'rlimits': rlimits} if rlimits else {}))
-             for script, name, args, expected, rlimits in BAD_INPUTS]
+    cases = [dict(cwd=project, argv=[*script, *(a.format(base=bad, scratch=tmp_path) for a in args)],
+                  **({'rlimits': options['rlimits']} if 'rlimits' in (options or {}) else {}),
+                  **({'env': script_env(**{k: v.format(base=bad) for k, v in options['env'].items()})}
+                     if 'env' in (options or {}) else {}))
+             for script, name, args, expected, options in BAD_INPUTS]
     for case, (script, name, args, _, _) in zip(cases, BAD_INPUTS):  # runs that would train write nowhere else
         if script is TRAIN and not any(a.startswith('--out_dir') for a in args):
             case['argv'].append(f'--out_dir={bad}/fresh_out')
@@ -341,9 +539,18 @@ def test_bad_inputs_each_give_one_line_and_change_nothing(project, bad):
         lock.close()
     results = [None] * len(cases)
     results[0::2], results[1::2] = halves
-    for (script, name, args, expected, _), result in zip(BAD_INPUTS, results):
-        line = one_error_line(result, name)
-        assert expected.format(base=bad) in line, f"{name}: {line}"
+    failed = []  # every case that fails, not only the first
+    for (script, name, args, expected, options), result in zip(BAD_INPUTS, results):
+        try:
+            if expected.startswith('warning: '):
+                line = one_warning_line(result, name)
+            else:
+                line = one_error_line(result, name)
+                assert result['rc'] == (options or {}).get('rc', 1), f"{name}: exit code {result['rc']}"
+            assert expected.format(base=bad) in line, f"{name}: {line}"
+        except AssertionError as e:
+            failed.append(f"{script[0]}, {name}: {str(e)[:1500]}")
+    assert not failed, '\n\n'.join(failed)
     after = snapshot(bad, project)
     assert sorted(map(str, set(after) ^ set(before))) == []  # nothing created, nothing removed
     assert [str(p) for p in before if before[p] != after[p]] == []  # nothing changed
@@ -476,7 +683,7 @@ def test_full_disk_during_a_checkpoint_save_keeps_the_previous_one(project, tmp_
     assert sorted(p.name for p in after.iterdir()) == ['ckpt.pt', 'metrics.jsonl', 'run.lock']
 
 
-def test_a_file_size_limit_during_saves_keeps_what_was_there(project, bad, tmp_path, shakespeare_txt):
+def test_a_file_size_limit_during_saves_keeps_what_was_there(project, bad, tmp_path, shakespeare_txt, gpt2_bpe):
     """RLIMIT_FSIZE makes a write past the limit fail (EFBIG) as a full disk does (ENOSPC): the same
     OSError from the same write, so it stands in where no tmpfs can be made. A checkpoint save, a
     dataset preparation over an existing dataset, an export and a corpus's first shard each say so in
@@ -576,3 +783,189 @@ def test_a_resume_keeps_the_checkpoint_shape_says_so_and_records_it(project, bad
     assert ckpt['iter_num'] == 12 and ckpt['model_args']['n_layer'] == 2
     assert {k: ckpt['config'][k] for k in ('n_layer', 'n_head', 'n_embd', 'bias')} == \
            {k: ckpt['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd', 'bias')}  # the shape the run has
+
+
+# ----------------------------------------------------------------------------- links, leftovers, permissions
+
+def test_no_writer_writes_through_a_link_and_each_removes_the_leftovers_of_killed_writes(tmp_path, capsys):
+    """Every file the toolkit writes goes through these: atomic_write (checkpoints, shards, meta.pkl, plots,
+    metrics rewritten), swap_in (datasets, exports), the run's lock and the metrics appends. A link at a
+    file's name, or at its temporary name, is refused in one line and the file it leads to is left alone."""
+    from nanogpt.files import append_metrics, atomic_write, claim_out_dir, swap_in
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('keep me')
+    for name in ('ckpt.pt', 'ckpt.pt.tmp'):
+        folder = tmp_path / f'atomic_{name}'
+        folder.mkdir()
+        (folder / name).symlink_to(victim)
+        with pytest.raises(SystemExit, match=rf"error: {folder}/{name} is a symbolic link \(to {victim}\)"):
+            with atomic_write(folder / 'ckpt.pt') as f:
+                f.write(b'new')
+    for name in ('val.bin', '.swap.json'):
+        folder = tmp_path / f'swap_{name}'
+        folder.mkdir()
+        (folder / name).symlink_to(victim)
+        with pytest.raises(SystemExit, match=rf"error: {folder}/{name} is a symbolic link"):
+            with swap_in(folder, ('train.bin', 'val.bin')) as staged:
+                for path in staged.values():
+                    open(path, 'wb').write(b'new')
+        assert sorted(p.name for p in folder.iterdir()) == [name]
+    folder = tmp_path / 'lock'
+    folder.mkdir()
+    (folder / 'run.lock').symlink_to(victim)
+    with pytest.raises(SystemExit, match=r"run.lock is a symbolic link"):
+        claim_out_dir(str(folder), new_run=True)
+    os.link(victim, tmp_path / 'metrics.jsonl')  # a hard link: appending would change victim.txt
+    append_metrics(str(tmp_path / 'metrics.jsonl'), {'iter': 0, 'loss': 1.0})
+    assert 'warning: cannot append to' in capsys.readouterr().err
+    assert victim.read_text() == 'keep me'
+
+    # the leftovers of killed writes: atomic_write's temporary file, and those of a swap_in whose process
+    # is gone (not those of a process that still runs: it may be writing them)
+    folder = tmp_path / 'leftovers'
+    folder.mkdir()
+    (folder / 'ckpt.pt.tmp').write_bytes(b'torn')
+    with atomic_write(folder / 'ckpt.pt') as f:
+        f.write(b'whole')
+    dead, alive = 'train.bin.999999999-0badcafe.tmp', f'train.bin.{os.getppid()}-0badcafe.tmp'
+    for name in (dead, alive, 'notes.tmp'):
+        (folder / name).write_bytes(b'torn')
+    with swap_in(folder, ('train.bin',)) as staged:
+        open(staged['train.bin'], 'wb').write(b'tokens')
+    assert sorted(p.name for p in folder.iterdir()) == sorted(['ckpt.pt', 'train.bin', alive, 'notes.tmp'])
+    assert (folder / 'ckpt.pt').read_bytes() == b'whole' and (folder / 'train.bin').read_bytes() == b'tokens'
+
+
+def test_files_are_created_with_the_users_umask(project, bad, tmp_path, shakespeare_txt):
+    """A group-writable umask (002) gives group-writable files: checkpoint, metrics, lock, dataset, export
+    (safetensors makes its files private, 0600) and plot."""
+    text = tmp_path / 'text.txt'
+    text.write_text(shakespeare_txt.read_text(encoding='utf-8')[:20_000], encoding='utf-8')
+    out, dataset, hf = tmp_path / 'out', tmp_path / 'dataset', tmp_path / 'hf'
+    results = run_cases([dict(cwd=project, argv=argv, umask=0o002) for argv in (
+        ['data/prepare.py', f'--input={text}', f'--dataset={dataset}'],
+        [*TRAIN, f'--dataset={dataset}', f'--out_dir={out}', '--max_iters=2', '--eval_interval=2'],
+        ['export_hf.py', f'--out_dir={out}', f'--export_dir={hf}'],
+        ['plot.py', f'--out_dir={out}'])])
+    assert [r['rc'] for r in results] == [0, 0, 0, 0], [r['stderr'][-2000:] for r in results]
+    files = [dataset / 'train.bin', dataset / 'val.bin', dataset / 'meta.pkl', out / 'ckpt.pt', out / 'metrics.jsonl',
+             out / 'run.lock', hf / 'config.json', hf / 'model.safetensors', out / 'loss.png']
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: '0o664' for p in files}
+
+
+# ----------------------------------------------------------------------------- what a crash or a mistake leaves
+
+def test_an_out_dir_without_a_checkpoint_is_not_a_run_to_protect(project, tmp_path):
+    """A run whose first save failed (or that diverged before one) leaves metrics.jsonl and no ckpt.pt:
+    the same command starts again, and its metrics replace the old rows."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'metrics.jsonl').write_text('{"iter": 0, "train_loss": 4.2, "val_loss": 4.2}\n{"iter": 1, "loss": 4.1}\n')
+    proc = run_script(project, *TRAIN, f'--out_dir={out}', '--max_iters=2', '--eval_interval=2')
+    assert proc.stderr == ''
+    rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['iter'] for r in rows] == [0, 0, 1, 2] and rows[0]['train_loss'] != 4.2
+
+
+def test_a_metrics_line_cut_by_a_crash_is_mended_on_resume(project, bad, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copytree(bad / 'out', out)
+    with open(out / 'metrics.jsonl', 'a') as f:
+        f.write('{"iter": 10, "loss": 2.1')  # a crash in the middle of an append
+    run_script(project, *TRAIN, f'--out_dir={out}', '--init_from=resume', '--max_iters=12', '--eval_interval=10')
+    lines = (out / 'metrics.jsonl').read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line whole
+    assert [r['iter'] for r in rows if 'loss' in r] == list(range(12))
+    assert [r['iter'] for r in rows if 'val_loss' in r] == [0, 10, 12]  # 10 kept, not repeated; 12 the end
+
+
+def test_an_evaluation_only_run_evaluates_and_writes_no_checkpoint(project, bad, tmp_path):
+    """--eval_only=True on a checkpoint saved at an iteration that is no multiple of eval_interval (a
+    run stopped by SIGTERM) evaluates it, once, records it, and leaves the checkpoint as it was, also
+    with always_save_checkpoint."""
+    out = tmp_path / 'out'
+    checkpoint_variant(bad / 'out' / 'ckpt.pt', out, iter_num=7, last_eval_iter=5)
+    before = (out / 'ckpt.pt').read_bytes()
+    proc = run_script(project, *TRAIN, f'--out_dir={out}', '--init_from=resume', '--eval_only=True',
+                      '--eval_interval=5', '--always_save_checkpoint=True')
+    steps = [line for line in proc.stdout.splitlines() if line.startswith('step ')]
+    assert len(steps) == 1 and steps[0].startswith('step 7: train loss '), proc.stdout[-2000:]
+    assert 'saved checkpoint' not in proc.stdout and (out / 'ckpt.pt').read_bytes() == before
+    assert [r['iter'] for r in read_metrics(out / 'metrics.jsonl')] == [7]
+
+
+def param_groups(state):
+    """The param_groups of an optimizer state dict, or of a dict of them (Muon and AdamW)."""
+    if 'param_groups' in state:
+        return state['param_groups']
+    return [g for part in state.values() for g in param_groups(part)]
+
+
+def test_a_resume_takes_the_optimizer_settings_configured(project, bad, tmp_path):
+    """The moments come from the checkpoint, the settings from the configuration, as the saved config
+    says: AdamW's betas and weight decay, Muon's learning rate (the advice a diverged run gives), its
+    momentum and weight decay."""
+    out = tmp_path / 'out'
+    shutil.copytree(bad / 'out', out)
+    run_script(project, *TRAIN, f'--out_dir={out}', '--init_from=resume', '--max_iters=12', '--eval_interval=2',
+               '--always_save_checkpoint=True', '--beta1=0.8', '--beta2=0.9', '--weight_decay=0.5')
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] == 12 and ckpt['config']['weight_decay'] == 0.5
+    assert [(tuple(g['betas']), g['weight_decay']) for g in param_groups(ckpt['optimizer'])] == [((0.8, 0.9), 0.5),
+                                                                                                ((0.8, 0.9), 0.0)]
+
+    muon = tmp_path / 'muon'
+    run_script(project, *TRAIN, f'--out_dir={muon}', '--optimizer=muon', '--max_iters=4', '--eval_interval=4')
+    run_script(project, *TRAIN, f'--out_dir={muon}', '--optimizer=muon', '--init_from=resume', '--max_iters=6',
+               '--eval_interval=2', '--always_save_checkpoint=True', '--muon_learning_rate=0.01',
+               '--muon_momentum=0.8', '--weight_decay=0.3', '--learning_rate=2e-3', '--min_lr=1e-4')
+    groups = param_groups(torch.load(muon / 'ckpt.pt', map_location='cpu', weights_only=True)['optimizer'])
+    muon_groups = [g for g in groups if 'momentum' in g]
+    adamw_groups = [g for g in groups if 'betas' in g]
+    assert len(muon_groups) == 1 and len(adamw_groups) == 2
+    assert (muon_groups[0]['momentum'], muon_groups[0]['weight_decay']) == (0.8, 0.3)
+    assert muon_groups[0]['lr'] == pytest.approx(adamw_groups[0]['lr'] * 0.01 / 2e-3)  # muon_learning_rate / learning_rate
+
+
+def test_a_tiny_temperature_samples_the_likeliest_tokens(project, bad):
+    """A temperature so small that logits / temperature overflow (1e-39) samples as temperature 0 does."""
+    results = run_cases([dict(cwd=project, argv=[*SAMPLE, f'--out_dir={bad}/out', '--max_new_tokens=40',
+                                                 f'--temperature={t}']) for t in (0, 1e-39)])
+    assert [r['rc'] for r in results] == [0, 0], results[1]['stderr'][-2000:]
+    samples = [[line for line in r['stdout'].splitlines() if not line.startswith('Overriding')] for r in results]
+    assert samples[0] == samples[1] and samples[0][-1] == '---------------'
+
+
+def test_ctrl_c_while_sampling_is_one_line_and_exit_code_130(project, bad):
+    proc = subprocess.Popen([sys.executable, *SAMPLE, f'--out_dir={bad}/out', '--max_new_tokens=1000000'],
+                            cwd=project, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out = ''
+        while 'Overriding: max_new_tokens = 1000000\n' not in out:  # the last line before the model loads
+            out += proc.stdout.read(1) or pytest.fail(f"sample.py ended: {proc.stderr.read()[-2000:]}")
+        assert len(proc.stdout.read(20)) == 20  # the prompt and generated tokens: sampling has begun
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and stderr.strip() == 'error: interrupted (Ctrl-C)', stderr[-2000:]
+
+
+DIFFERENT_RANKS = "import os\nlearning_rate = 1e-3 * (1 + int(os.environ['RANK']))  # a setting that differs per rank\n"
+
+
+def test_torchrun_refuses_ranks_given_different_settings_and_nccl_on_a_cpu(project, tmp_path):
+    config = tmp_path / 'per_rank.py'
+    config.write_text(DIFFERENT_RANKS)
+    for args, expected in (
+            ([str(config)], "error: the processes were given different settings (learning_rate is 0.001 on rank 0 "
+                            "and 0.002 on rank 1); give every process the same config files and --key=value overrides"),
+            (['--backend=nccl'], "error: backend=nccl connects CUDA GPUs, and this run is on cpu; use backend=gloo "
+                                 "(or auto)")):
+        proc = torchrun(project, *TRAIN, f'--out_dir={tmp_path}/out', '--gradient_accumulation_steps=2',
+                        '--max_iters=4', *args, check=False)
+        assert proc.returncode != 0
+        assert [line for line in proc.stderr.splitlines() if line.startswith('error: ')] == [expected], proc.stderr
+        children = proc.stderr.split('ChildFailedError')[0]  # torchrun's own report of the failure is its business
+        assert 'Traceback (most recent call last):\n  File "' + str(project) not in children, proc.stderr
+        assert not (tmp_path / 'out').exists()

@@ -356,7 +356,8 @@ class GPT(nn.Module):
         """AdamW with weight decay on the 2-D tensors (matmul weights, embeddings) only; the fused
         kernel where this torch has one for the device. optimizer='muon' hands the 2-D weights inside
         the blocks to Muon instead, at muon_learning_rate (with the same weight decay), orthogonalising
-        in muon_ns_dtype, and keeps AdamW for the embeddings, lm_head, norms and biases."""
+        in muon_ns_dtype, and keeps AdamW for the embeddings, lm_head, norms and biases (this file's
+        AdamW, which computes what torch's does, without importing torch._dynamo)."""
         if optimizer not in ('adamw', 'muon'):
             raise ValueError(f"optimizer={optimizer!r}: use 'adamw' or 'muon'")
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
@@ -370,14 +371,13 @@ class GPT(nn.Module):
                 print(f"num Muon parameter tensors: {len(muon)}, with {sum(p.numel() for p in muon):,} parameters")
             print(f"num decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters")
             print(f"num non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters")
-        fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
         if not muon:
-            return adamw
+            fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'cpu')
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
         # lr_scale: train.py's schedule sets each group's lr to the scheduled learning_rate times it
         return MuonAndAdamW(Muon([{'params': muon, 'lr_scale': muon_learning_rate / learning_rate}],
                                  lr=muon_learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
-                                 ns_dtype=muon_ns_dtype), adamw)
+                                 ns_dtype=muon_ns_dtype), AdamW(groups, lr=learning_rate, betas=betas))
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True,
@@ -430,7 +430,74 @@ def orthogonalize(G, steps=5, dtype=torch.bfloat16, eps=1e-7):
     return (X.mT if tall else X).reshape(G.shape)
 
 
-class Muon(torch.optim.Optimizer):
+class Optimizer:
+    """What training uses of torch.optim.Optimizer, for the optimizers written here: param_groups,
+    state, zero_grad, and state_dict and load_state_dict in torch's format (so the states of torch's
+    Muon and AdamW load here). Not torch's class itself: its first use imports torch._dynamo, about
+    1.5 s of the CPU speedrun's 14, in a run that compiles nothing."""
+
+    def __init__(self, params, defaults):
+        params = list(params)
+        groups = params if isinstance(params[0], dict) else [{'params': params}]
+        self.param_groups = [{**defaults, **group, 'params': list(group['params'])} for group in groups]
+        self.state = {}  # parameter -> its state
+
+    def zero_grad(self, set_to_none=True):
+        for group in self.param_groups:
+            for p in group['params']:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def state_dict(self):
+        """torch's layout: the parameters by their index in the groups, the state's tensors themselves."""
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group['params'])}
+        return {'state': {index[id(p)]: state for p, state in self.state.items()},
+                'param_groups': [{**group, 'params': [index[id(p)] for p in group['params']]}
+                                 for group in self.param_groups]}
+
+    def load_state_dict(self, state_dict):
+        """A copy of the saved state, each tensor on its parameter's device (and in its dtype, but for
+        AdamW's step count, which stays a float32 on the CPU), and the saved groups' settings."""
+        saved = state_dict['param_groups']
+        if [len(g['params']) for g in saved] != [len(g['params']) for g in self.param_groups]:
+            raise ValueError("the saved optimizer state has other parameter groups than this optimizer")
+        params = {i: p for old, new in zip(saved, self.param_groups) for i, p in zip(old['params'], new['params'])}
+        self.state = {params[i]: {k: (v.to('cpu', torch.float32) if k == 'step' else v.to(params[i])).clone()
+                                  for k, v in state.items()} for i, state in state_dict['state'].items()}
+        for group, old in zip(self.param_groups, saved):
+            group.update({k: v for k, v in old.items() if k != 'params'})
+
+
+class AdamW(Optimizer):
+    """torch.optim.AdamW's update, as its single-tensor path computes it: decoupled weight decay, the
+    moments' exponential averages, bias-corrected, and torch's state (step, exp_avg, exp_avg_sq)."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group['lr'], group['betas']
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                state = self.state.setdefault(p, {})
+                if not state:
+                    state.update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(p),
+                                 exp_avg_sq=torch.zeros_like(p))
+                state['step'] += 1
+                step = state['step'].item()  # on the CPU: no wait for the device
+                p.mul_(1 - lr * group['weight_decay'])
+                state['exp_avg'].lerp_(p.grad, 1 - beta1)
+                state['exp_avg_sq'].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (state['exp_avg_sq'].sqrt() / math.sqrt(1 - beta2 ** step)).add_(group['eps'])
+                p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** step))
+
+
+class Muon(Optimizer):
     """Muon (Keller Jordan, 2024) for 2-D weights: Nesterov momentum, each update orthogonalised
     (orthogonalize, in ns_dtype), decoupled weight decay, and the step scaled by sqrt(max(1, rows /
     cols)). The update is torch.optim.Muon's with adjust_lr_fn='original', and so is the state
@@ -454,7 +521,7 @@ class Muon(torch.optim.Optimizer):
             for params in by_shape.values():
                 updates = []
                 for p in params:
-                    state = self.state[p]
+                    state = self.state.setdefault(p, {})
                     if 'momentum_buffer' not in state:
                         state['momentum_buffer'] = torch.zeros_like(p.grad)
                     buf = state['momentum_buffer']

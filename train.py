@@ -49,6 +49,7 @@ eval_interval = 2000  # evaluate (and maybe save) every this many iterations
 log_interval = 1  # print an 'iter' line every this many iterations
 eval_iters = 200  # batches per split in each evaluation
 eval_only = False  # if True, exit right after the first evaluation
+eval_at_start = True  # evaluate (and score HellaSwag) at the first iteration too, as upstream; False saves that time
 always_save_checkpoint = True  # if True, save after each evaluation, not only when val loss improves
 hellaswag_interval = 0  # score HellaSwag (acc_norm) every this many iterations and at the end; 0: never
 hellaswag_path = ''  # HellaSwag's validation JSONL; '' reads data/hellaswag/hellaswag_val.jsonl (data/hellaswag/prepare.py)
@@ -393,6 +394,8 @@ skip_eval_at = last_eval_iter if (last_eval_iter == iter_num and not eval_only) 
 if master_process:
     trim_metrics(metrics_file, None if eval_only and init_from == 'resume' else iter_num,
                  keep_eval_at_resume=skip_eval_at is not None)
+if not (eval_at_start or eval_only):
+    skip_eval_at = iter_num  # the first iteration of this run is not evaluated
 if wandb_log and master_process:
     try:
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)

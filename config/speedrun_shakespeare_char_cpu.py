@@ -6,7 +6,8 @@
 # $ python train.py config/speedrun_shakespeare_char_cpu.py && python benchmarks/evaluate.py --out_dir=out-speedrun-shakespeare-char-cpu
 
 out_dir = 'out-speedrun-shakespeare-char-cpu'
-eval_interval = 250  # evaluations at the start and at the end only: they cost time too
+eval_interval = 250  # one evaluation, at the end: they cost time too
+eval_at_start = False
 eval_iters = 20
 log_interval = 10
 always_save_checkpoint = True  # keep the final model

@@ -5,6 +5,7 @@ import re
 import torch
 
 from conftest import ITER_LINE, STEP_LINE, TINY, iter_lines, run_script, script_env
+from nanogpt.files import read_metrics
 
 
 def test_train_resume_sample(project, tmp_path):
@@ -46,8 +47,12 @@ def test_train_resume_sample(project, tmp_path):
 
 def test_cpu_config_and_sampling_options(project, tmp_path):
     out = tmp_path / 'out'
-    run_script(project, 'train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out}', '--max_iters=12',
-               '--eval_interval=6', '--n_layer=1', '--n_embd=32', '--n_head=2', '--eval_iters=2')
+    proc = run_script(project, 'train.py', 'config/train_shakespeare_char_cpu.py', f'--out_dir={out}', '--max_iters=12',
+                      '--eval_interval=6', '--n_layer=1', '--n_embd=32', '--n_head=2', '--eval_iters=2',
+                      '--eval_at_start=False')
+    # evaluated at 6 and 12, not before the first iteration (a speedrun's saving)
+    assert [l.split(':')[0] for l in proc.stdout.splitlines() if l.startswith('step ')] == ['step 6', 'step 12']
+    assert [row['iter'] for row in read_metrics(out / 'metrics.jsonl') if 'val_loss' in row] == [6, 12]
 
     def sample(*extra):
         stdout = run_script(project, 'sample.py', f'--out_dir={out}', '--num_samples=1', '--max_new_tokens=30',

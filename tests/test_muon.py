@@ -1,13 +1,17 @@
-"""The toolkit's Muon (model.Muon, model.orthogonalize) against torch.optim.Muon and against Muon's
-definition computed here in float64: the same update, orthogonalised in bfloat16 or float32."""
+"""The toolkit's own optimizers for optimizer='muon': Muon (model.Muon, model.orthogonalize) against
+torch.optim.Muon and against Muon's definition computed here in float64 (the same update, orthogonalised
+in bfloat16 or float32), and AdamW (model.AdamW) against torch.optim.AdamW."""
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from model import Muon, orthogonalize
+from conftest import REPO
+from model import AdamW, Muon, orthogonalize
 
 SHAPES = [(48, 16), (16, 16), (16, 64)]  # tall (orthogonalised through its transpose), square, wide
 A, B, C = 3.4445, -4.7750, 2.0315  # the quintic's coefficients (Keller Jordan's Muon)
@@ -109,3 +113,64 @@ def test_weights_of_one_shape_are_orthogonalised_together_and_each_as_alone():
         opt.step()
     for p, (param, grads) in zip(params, cases):
         assert (p.detach().double() - reference_muon(param, grads, 0.05, 0.9, 0.1)).abs().max() < 0.05 * 1e-4
+
+
+def adamw_steps(optimizer, params, steps=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+
+
+def test_adamw_is_torchs_update_and_state():
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(8, 4, generator=gen), torch.randn(4, generator=gen)]
+    groups = lambda params: [{'params': params[:1], 'weight_decay': 0.1}, {'params': params[1:], 'weight_decay': 0.0}]
+    ours, theirs, fused = ([torch.nn.Parameter(t.clone()) for t in start] for _ in range(3))
+    opt = AdamW(groups(ours), lr=1e-2, betas=(0.9, 0.99))
+    torch_opt = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.9, 0.99), foreach=False)
+    fused_opt = torch.optim.AdamW(groups(fused), lr=1e-2, betas=(0.9, 0.99), fused=True)
+    for optimizer, params in ((opt, ours), (torch_opt, theirs), (fused_opt, fused)):
+        adamw_steps(optimizer, params)
+    for a, b, c in zip(ours, theirs, fused):
+        assert torch.equal(a, b)  # torch's single-tensor path, operation for operation
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-6)  # its fused kernel rounds otherwise, slightly
+    # the state in torch's layout, both ways: each resumes the other's run where it stopped
+    assert opt.state_dict()['state'].keys() == torch_opt.state_dict()['state'].keys() == {0, 1}
+    resumed = AdamW(groups([torch.nn.Parameter(p.detach().clone()) for p in fused]), lr=1e-2, betas=(0.9, 0.99))
+    resumed.load_state_dict(copy.deepcopy(fused_opt.state_dict()))
+    adamw_steps(resumed, [p for g in resumed.param_groups for p in g['params']], steps=2, seed=1)
+    adamw_steps(fused_opt, fused, steps=2, seed=1)
+    for a, b in zip((p for g in resumed.param_groups for p in g['params']), fused):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    back = torch.optim.AdamW(groups([torch.nn.Parameter(p.detach().clone()) for p in ours]), lr=1e-2,
+                             betas=(0.9, 0.99), foreach=False)
+    back.load_state_dict(copy.deepcopy(opt.state_dict()))
+    adamw_steps(back, [p for g in back.param_groups for p in g['params']], steps=2, seed=1)
+    adamw_steps(opt, ours, steps=2, seed=1)
+    for a, b in zip(ours, (p for g in back.param_groups for p in g['params'])):
+        assert torch.equal(a, b)
+
+
+def test_a_muon_run_does_not_import_torch_dynamo():
+    # torch.optim's optimizers import torch._dynamo when first used: 1.5 s of a CPU speedrun's 14
+    code = """
+import sys, torch
+from model import GPT, GPTConfig
+model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32, tie_weights=False))
+opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu', verbose=False, optimizer='muon')
+scaler = torch.amp.GradScaler('cpu', enabled=False)
+x = torch.randint(32, (2, 8))
+for _ in range(2):
+    scaler.scale(model(x, x)[1]).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+opt.load_state_dict(opt.state_dict())
+print('torch._dynamo' in sys.modules)
+"""
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ['False']

@@ -32,9 +32,10 @@ vocab_sizes = '512,1024,2048'  # the BPE vocabularies to train, each against cha
 iters = 0  # the character run's iterations, 0 for the recipe's own; the BPE runs get the same time
 rounds = 1  # each run this many times (seeds 1337, 1338, ...), interleaved; medians in the table
 bench_steps = 30  # timed steps of bench.py per dataset, after 10 untimed ones
+bench_rounds = 3  # bench.py runs per dataset, interleaved; the fastest counts
 log_dir = 'bench_results/bpe_vs_char'  # the datasets, checkpoints and every run's output go here
 # -----------------------------------------------------------------------------
-configure(globals(), positive_ints=('rounds', 'bench_steps'))
+configure(globals(), positive_ints=('rounds', 'bench_steps', 'bench_rounds'))
 RECIPE = 'config/speedrun_shakespeare_char_cpu.py'
 from configurator import run_config_file  # noqa: E402
 SCHEDULE = run_config_file(os.path.join(ROOT, RECIPE), {})[1]  # the recipe's iterations, warmup and cooldown
@@ -72,11 +73,14 @@ for name, data in runs.items():
     args = ['--tokenizer=char'] if name == 'char' else ['--tokenizer=bpe', f'--vocab_size={name[3:]}']
     run(f'prepare-{name}', 'data/prepare.py', f'--input={TEXT}', f'--dataset={os.path.abspath(data)}', *args)
 
-# the iterations that take the character run's time
-ms = {}
-for name, data in runs.items():
-    out, _ = run(f'bench-{name}', 'bench.py', f'--dataset={os.path.abspath(data)}', *BENCH_ARGS)
-    ms[name] = float(re.search(r'time per iteration: ([\d.]+)ms', out).group(1))
+# the iterations that take the character run's time: each dataset's step timed bench_rounds times,
+# interleaved, its fastest kept (a spell of load on a shared machine only ever slows a step down)
+ms = {name: [] for name in runs}
+for r in range(bench_rounds):
+    for name, data in runs.items():
+        out, _ = run(f'bench-{name}-{r}', 'bench.py', f'--dataset={os.path.abspath(data)}', *BENCH_ARGS)
+        ms[name].append(float(re.search(r'time per iteration: ([\d.]+)ms', out).group(1)))
+ms = {name: min(times) for name, times in ms.items()}
 steps = {name: max(1, round(iters * ms['char'] / ms[name])) for name in runs}
 
 results = {name: [] for name in runs}  # (whole command seconds, val loss, bits per byte)
@@ -104,5 +108,8 @@ for name in runs:
     print(f"| {'characters' if name == 'char' else 'BPE'} | {vocab} | {ms[name]:.1f} | {steps[name]} | {seconds:.1f} s "
           f"| {loss:.4f} | {bpb:.4f} |")
 best = min(runs, key=lambda name: medians[name][2])
+if off := [name for name in runs if abs(medians[name][0] / medians['char'][0] - 1) > 0.1]:
+    print(f"warning: the whole commands of {', '.join(off)} took more than 10% more or less than the character "
+          f"run's: the budgets were not held (a busy machine, or a step timed in a slow spell); run it again")
 print(f"best in bits per byte: {best}, {medians[best][2]:.4f} against characters' {medians['char'][2]:.4f} "
       f"({(medians[best][2] - medians['char'][2]) / medians['char'][2] * 100:+.1f}%)")

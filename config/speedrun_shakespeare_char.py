@@ -3,11 +3,13 @@
 # NOT MEASURED YET: no GPU was at hand when this was written (docs/recipes.md). Its settings carry
 # over what the CPU recipe measured (config/speedrun_shakespeare_char_cpu.py: rope, QK-norm, ReLU squared
 # and Muon pay for themselves, Muon the most), scaled to this model; the dropout stays, as this run is
-# limited by overfitting. If it misses 1.467, try muon_learning_rate 0.01 or 0.04 and max_iters 1000-1500.
+# limited by overfitting. If it misses 1.467, try muon_learning_rate 0.01 or 0.04, muon_momentum 0.9 (the
+# 250-iteration CPU recipe's), and max_iters 1000-1500. Muon orthogonalises in bfloat16 on this GPU, as before.
 # $ python train.py config/speedrun_shakespeare_char.py
 
 out_dir = 'out-speedrun-shakespeare-char'
 eval_interval = 125
+eval_at_start = False  # the untrained model's loss tells nothing and costs an evaluation's time
 eval_iters = 100
 log_interval = 25
 always_save_checkpoint = False  # keep the best val loss: the model overfits late in the run

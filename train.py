@@ -17,12 +17,11 @@ Log lines: 'iter N: loss X, time Yms, mfu Z%' per log_interval iterations and
 
 import math
 import os
-import shlex
 import signal
 import sys
 import time
 
-from nanogpt import ScriptError, distributed, exit_on_ctrl_c, interrupted
+from nanogpt import ScriptError, distributed, exit_on_ctrl_c
 
 exit_on_ctrl_c()  # Ctrl-C while starting: one line, exit code 130 (in the training loop: a checkpoint first, see below)
 
@@ -30,16 +29,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configurator import configure  # noqa: E402
-from nanogpt.checkpoint import (SHAPE_KEYS, check_start, clean_state_dict, configured_optimizer_settings,  # noqa: E402
-                                init_model, planned_model, save_checkpoint, shape_warning)
-from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, check_fingerprint, dataset_dir, get_batch,  # noqa: E402
-                          get_ordered_batch, load_meta, open_split, row_count, short, tokenizer_fingerprint)
+from nanogpt.checkpoint import (SHAPE_KEYS, check_start, command_lines, init_model, load_optimizer_state,  # noqa: E402
+                                planned_model, save_checkpoint, shape_warning)
+from nanogpt.data import (PADDED_GPT2_VOCAB_SIZE, check_fixed_val_set, dataset_dir, epoch_begun,  # noqa: E402
+                          get_batch, get_ordered_batch, load_meta, open_split, row_count, tokenizer_fingerprint)
 from nanogpt.device import (autocast, compile_model, cuda_graphs_accumulation_error, device_peak_flops,  # noqa: E402
                             format_mfu, keep_freed_host_memory, memory_error, mfu, orthogonalization_dtype,
                             pick_device, pick_dtype, select_sdpa_backend)
-from nanogpt.evaluation import hellaswag_accuracy, hellaswag_for_model  # noqa: E402
-from nanogpt.files import append_metrics, ckpt_path, claim_out_dir, metrics_path, trim_metrics  # noqa: E402
-from nanogpt.training import divergence, train_step  # noqa: E402
+from nanogpt.evaluation import estimate_loss, hellaswag_accuracy, hellaswag_for_model  # noqa: E402
+from nanogpt.files import (check_wandb, ckpt_path, claim_out_dir, metrics_path, record, start_wandb,  # noqa: E402
+                           trim_metrics)
+from nanogpt.training import (catch_stop_signals, check_settings, dropout_seeder, read_device_stats,  # noqa: E402
+                              train_step)
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -112,29 +113,8 @@ config = configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0, posit
     'gradient_accumulation_steps'))  # config file, then --key=value overrides
 # -----------------------------------------------------------------------------
 
-# check what can be checked before touching the device, the data or the disk
-if max_iters < 0 or (max_iters == 0 and not eval_only):
-    raise ScriptError(f"max_iters must be a positive integer, got {max_iters!r} (eval_only=True evaluates without training)")
-if init_from == 'scratch' and n_embd % n_head:  # GPT() checks it too; here it fails before torchrun's process group
-    raise ScriptError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
-if decay_lr and min_lr > learning_rate:
-    raise ScriptError(f"min_lr={min_lr} is above learning_rate={learning_rate}: the decay would raise the learning "
-                      f"rate")
-if decay_lr and 0 < lr_decay_iters - warmup_iters < cooldown_iters and int(os.environ.get('RANK', 0)) == 0:
-    # legitimate in a short trial of a long recipe, but not the schedule its numbers describe
-    print(f"warning: cooldown_iters={cooldown_iters} is longer than the decay window after the warmup (lr_decay_iters - "
-          f"warmup_iters = {lr_decay_iters - warmup_iters}): right after the warmup the learning rate drops from "
-          f"learning_rate to where the cooldown is then; use cooldown_iters <= {lr_decay_iters - warmup_iters} for a "
-          f"constant phase at learning_rate", file=sys.stderr)
 world_size = int(os.environ.get('WORLD_SIZE', 1))
-if gradient_accumulation_steps % world_size:
-    options = ', '.join(str(world_size * k) for k in range(1, 5))
-    raise ScriptError(f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} "
-                      f"processes; use a multiple of {world_size} ({options}, ...)")
-if fsdp and world_size == 1:
-    raise ScriptError("fsdp=True shards across processes: start train.py with torchrun --nproc_per_node=N")
-if fsdp and optimizer == 'muon':  # Muon orthogonalises whole matrices; FSDP gives each process a slice of them
-    raise ScriptError("optimizer='muon' needs whole weight matrices on every process: use it with DDP (fsdp=False)")
+check_settings(config, world_size)  # what can be checked before touching the device, the data or the disk
 device = pick_device(device)
 dtype = pick_dtype(device, dtype)
 if error := cuda_graphs_accumulation_error(device, compile, compile_mode, gradient_accumulation_steps // world_size):
@@ -152,8 +132,7 @@ config.update(device=device, dtype=dtype)
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 
 torch.manual_seed(seed)  # the same initial weights on every rank
-torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
-torch.backends.cudnn.allow_tf32 = True
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 tensor cores for float32
 device_type = device.split(':')[0]
 ctx = autocast(device, dtype)
 
@@ -169,65 +148,39 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
                   mlp_activation=mlp_activation, tie_weights=tie_weights, logit_softcap=logit_softcap,
                   zero_init_proj=zero_init_proj)
 planned, checkpoint = planned_model(init_from, out_dir, model_args)
-if checkpoint is not None and 'train_row' in checkpoint and not (type(checkpoint['train_row']) is int
-                                                                 and checkpoint['train_row'] >= 0):
-    raise ScriptError(f"{out_dir}'s checkpoint holds train_row={short(checkpoint['train_row'])}, not a row number; "
-                      f"it is damaged")
 if planned is not None and init_from != 'scratch':
-    check_start(planned, checkpoint, block_size, meta, dataset, optimizer)
-    check_fingerprint(checkpoint, fingerprint, f"dataset {dataset}", "its ids would stand for other text: resume with "
-                      "the dataset as it was prepared for this run")
+    check_start(planned, checkpoint, block_size, meta, dataset, optimizer, fingerprint)
 vocab_size = (planned or model_args)['vocab_size']
 train_data = open_split(data_dir, 'train', meta, block_size, vocab_size, dataset)
 val_data = open_split(data_dir, 'val', meta, block_size, vocab_size, dataset)
-if fixed_val_set and row_count(val_data, block_size) < eval_iters * batch_size:
-    raise ScriptError(f"fixed_val_set=True evaluates on the first eval_iters x batch_size = {eval_iters * batch_size} "
-                      f"rows of {block_size + 1} tokens of the val split, which has {row_count(val_data, block_size)}; "
-                      f"lower eval_iters")
+if fixed_val_set:
+    check_fixed_val_set(val_data, block_size, eval_iters * batch_size)
 if planned is not None and (error := memory_error(device, planned, batch_size, block_size, dtype, train=not eval_only,
                                                   shards=world_size if fsdp else 1)):
     raise ScriptError(error)
 if hellaswag_interval:  # read and tokenised once; scored by the uncompiled model, whatever shapes it meets
     hellaswag_examples = hellaswag_for_model(hellaswag_path, vocab_size, block_size)
+wandb = check_wandb() if wandb_log and master_process else None  # where it cannot log, before anything is written
 
-# wandb: where it cannot log (no API key), stop before anything is written
-if wandb_log and master_process:
-    try:
-        import wandb
-    except ImportError:
-        raise ScriptError("wandb_log=True needs wandb: pip install wandb")
-    if os.environ.get('WANDB_MODE', '').lower() not in ('offline', 'disabled', 'dryrun'):
-        try:
-            wandb.login(verify=False)  # the API key from WANDB_API_KEY or `wandb login`; nothing is sent
-        except Exception as e:
-            raise ScriptError(f"wandb cannot log online ({type(e).__name__}: {e}); run `wandb login` (or set "
-                              f"WANDB_API_KEY), or log offline with WANDB_MODE=offline and `wandb sync` later")
-
-# out_dir: a new run never replaces one that is there (nor does an evaluation of another model append to
-# its metrics), and one run at a time writes into it (rank 0 holds its lock; the other ranks stop with it
-# if it is refused)
+# out_dir: a new run never replaces one that is there (nor does an evaluation of another model append to its
+# metrics); one run at a time writes into it (rank 0 holds its lock, the other ranks stop where it is refused)
 out_dir_lock = distributed.on_master(master_process, device, claim_out_dir, out_dir, new_run=init_from != 'resume')
 
 # model: from scratch, from out_dir's checkpoint (its shape), or GPT-2's weights; dropout as configured
 model, checkpoint = init_model(init_from, out_dir, dropout, model_args, checkpoint)
-commands = [shlex.join(['python', *sys.argv]) + (f" (under torchrun, {world_size} processes)" if ddp else '')]
+commands = command_lines(checkpoint, world_size)  # the command lines that trained it, this one last
 iter_num, best_val_loss, last_eval_iter = 0, 1e9, None
 if checkpoint is not None:
     if master_process and (warning := shape_warning(config, planned)):
         print(warning, file=sys.stderr)
     iter_num = int(checkpoint['iter_num'])
-    if isinstance(checkpoint.get('commands'), list):  # the command lines before this resume
-        commands = [c for c in checkpoint['commands'] if isinstance(c, str)] + commands
     best_val_loss = float(checkpoint['best_val_loss'])
     last_eval_iter = checkpoint.get('last_eval_iter', iter_num)  # upstream saves right after evaluating
-# data_order='sequential': iteration it reads the rows_per_iter rows of the training split from
-# train_row(it) on (counted past the end: epoch after epoch), micro-batch k of the iteration (numbered
-# across the ranks) the batch_size rows from train_row(it) + k * batch_size. A checkpoint saves where
-# its next iteration starts, so a resume continues there even with another batch_size.
+# data_order='sequential': iteration it reads rows_per_iter rows of the training split from train_row(it)
+# on (epoch after epoch), micro-step k (numbered across the ranks) batch_size of them from train_row(it) +
+# k * batch_size; a checkpoint saves where its next iteration starts (another batch_size resumes there too)
 rows_per_iter = gradient_accumulation_steps * world_size * batch_size
-start_iter, start_row = iter_num, iter_num * rows_per_iter
-if checkpoint is not None and 'train_row' in checkpoint:
-    start_row = checkpoint['train_row']
+start_iter, start_row = iter_num, (checkpoint or {}).get('train_row', iter_num * rows_per_iter)
 
 
 def train_row(it):
@@ -247,7 +200,7 @@ if master_process:
 peak = device_peak_flops(device, dtype, peak_flops, warn=master_process)
 
 # optimizer (after sharding, so that under FSDP it holds the shards), and a GradScaler that is
-# active only for float16
+# active only for float16; a resume loads their states, and takes the settings configured now
 if fsdp:
     model = distributed.shard(model)
 # from here on optimizer is the optimizer itself; the name configured stays in config['optimizer']
@@ -257,13 +210,7 @@ optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, 
                                            muon_ns_dtype=orthogonalization_dtype(device))
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint is not None:
-    with configured_optimizer_settings(optimizer, ckpt_path(out_dir)):  # the state saved, the settings configured
-        if fsdp:
-            distributed.load_full_state(model, optimizer, clean_state_dict(checkpoint['model']), checkpoint['optimizer'])
-        else:
-            optimizer.load_state_dict(checkpoint['optimizer'])
-        if checkpoint.get('scaler'):
-            scaler.load_state_dict(checkpoint['scaler'])
+    load_optimizer_state(checkpoint, ckpt_path(out_dir), optimizer, scaler, model if fsdp else None)
 checkpoint = None  # free the memory
 
 if compile:
@@ -274,11 +221,11 @@ if ddp and not fsdp:
     from torch.nn.parallel import DistributedDataParallel as DDP
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-# seeds: every batch and every dropout mask is a function of (seed, stream, iteration, micro-step), so
-# a resumed run continues exactly as the run that never stopped. Micro-steps are numbered across the
-# ranks (rank r takes a contiguous range), so N processes draw the batches that one process with N
-# times the gradient accumulation would draw.
+# seeds: every batch and dropout mask is a function of (seed, stream, iteration, micro-step), so a resumed run
+# goes on as the one that never stopped; micro-steps are numbered across the ranks (rank r takes a contiguous
+# range), so N processes draw the batches one process with N times the gradient accumulation would draw
 SEED_TRAIN_BATCHES, SEED_EVAL_BATCHES, SEED_DROPOUT = 0, 1, 2
+seed_dropout = dropout_seeder(seed, SEED_DROPOUT, rank * gradient_accumulation_steps) if dropout > 0 else None
 
 
 def batch(it, micro_step):
@@ -287,43 +234,6 @@ def batch(it, micro_step):
     if data_order == 'sequential':
         return get_ordered_batch(train_data, batch_size, block_size, train_row(it) + k * batch_size, vocab_size, device)
     return get_batch(train_data, batch_size, block_size, (seed, SEED_TRAIN_BATCHES, it, k), vocab_size, device)
-
-
-def seed_dropout(it, micro_step):
-    """Reseeds torch for the dropout masks of a micro-step (about 0.1 ms, so only where there is dropout)."""
-    stream = np.random.SeedSequence((seed, SEED_DROPOUT, it, rank * gradient_accumulation_steps + micro_step))
-    torch.manual_seed(int(stream.generate_state(1)[0]))
-
-
-def estimate_loss(it):
-    """Mean loss over eval_iters batches of each split: random ones, or for val with fixed_val_set the
-    first eval_iters x batch_size rows of the split read in order. The batches are shared out among
-    the ranks (every rank works; a rank left without a batch of the fixed set computes one that is not
-    counted) and the sums are all-reduced; the host waits for the device once per split."""
-    out = {}
-    model.eval()
-    n_local = -(-eval_iters // world_size)  # equal counts on every rank, as FSDP's collectives need
-    # no_grad where FSDP's parameters must stay usable by autograd, and where compiled: CUDA graphs first
-    # recorded under inference_mode make the training graph's recording fail (pytorch/pytorch#135892)
-    with torch.no_grad() if fsdp or compile else torch.inference_mode():
-        for s, (split, data) in enumerate((('train', train_data), ('val', val_data))):
-            total = torch.zeros(2, device=device)
-            for i in range(n_local):
-                k = rank + i * world_size
-                if split == 'val' and fixed_val_set:
-                    X, Y = get_ordered_batch(data, batch_size, block_size, k % eval_iters * batch_size, vocab_size,
-                                             device)
-                else:
-                    X, Y = get_batch(data, batch_size, block_size, (seed, SEED_EVAL_BATCHES, it, s, k), vocab_size,
-                                     device)
-                with ctx:
-                    _, loss = model(X, Y)
-                if k < eval_iters or not (split == 'val' and fixed_val_set):
-                    total += torch.stack((loss.float(), torch.ones((), device=device)))
-            loss_sum, count = distributed.all_reduce_sum(total).tolist()
-            out[split] = loss_sum / count
-    model.train()
-    return out
 
 
 # learning rate: a linear warmup from above zero, then a cosine down to min_lr at lr_decay_iters (or,
@@ -340,8 +250,9 @@ def get_lr(it):
 
 
 ckpt_file = ckpt_path(out_dir)
-# what a diverged run suggests lowering (a resume takes the rates configured, see configured_optimizer_settings)
-lower_rates = 'learning_rate and muon_learning_rate' if config['optimizer'] == 'muon' else 'learning_rate'
+# what a run that went wrong leaves and suggests (a resume takes the rates configured then)
+rates = 'learning_rate and muon_learning_rate' if config['optimizer'] == 'muon' else 'learning_rate'
+advice = f"{ckpt_file} is left as it was. Try a lower {rates}, grad_clip=1.0, or dtype=float32/bfloat16"
 
 
 def write_checkpoint(resume_at, evaluated_at):
@@ -368,27 +279,11 @@ def write_checkpoint(resume_at, evaluated_at):
     return time.time() - t0
 
 
-# stopping on request: the first Ctrl-C or SIGTERM finishes the iteration and writes a checkpoint,
-# a second Ctrl-C exits at once
-stop_signal = None
+# stopping on request: Ctrl-C or SIGTERM finishes the iteration and writes a checkpoint; a second Ctrl-C exits
+stop_signals = catch_stop_signals(announce=master_process)
 
-
-def request_stop(signum, frame):
-    global stop_signal
-    if stop_signal is not None and signum == signal.SIGINT:
-        raise interrupted("interrupted again: exiting now, without a checkpoint")
-    stop_signal = signum
-    if master_process:
-        print(f"\n{signal.Signals(signum).name} received: finishing this iteration, then saving a checkpoint "
-              f"(Ctrl-C again to quit at once)", flush=True)
-
-
-signal.signal(signal.SIGINT, request_stop)
-signal.signal(signal.SIGTERM, request_stop)
-
-# metrics.jsonl and wandb: one row per log point; a resumed run's rows replace those of iterations it repeats,
-# a new run's replace all; an evaluation of a checkpoint keeps the rows of the iterations after it. A last
-# line a crash cut short is mended first
+# metrics.jsonl and wandb: one row per log point; a resumed run's rows replace those of iterations it repeats, a
+# new run's all, an evaluation of a checkpoint none; a last line a crash cut short is mended first
 metrics_file = metrics_path(out_dir)
 skip_eval_at = last_eval_iter if (last_eval_iter == iter_num and not eval_only) else None
 if master_process:
@@ -396,42 +291,8 @@ if master_process:
                  keep_eval_at_resume=skip_eval_at is not None)
 if not (eval_at_start or eval_only):
     skip_eval_at = iter_num  # the first iteration of this run is not evaluated
-if wandb_log and master_process:
-    try:
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-    except Exception as e:
-        raise ScriptError(f"wandb could not start a run ({type(e).__name__}: {e}); log offline with "
-                          f"WANDB_MODE=offline (and `wandb sync` later), or set wandb_log=False")
-WANDB_NAMES = {'loss': 'iter/loss', 'train_loss': 'train/loss', 'val_loss': 'val/loss'}  # upstream's for the losses
-
-
-def record(row):
-    """Appends a row to metrics.jsonl and sends the same numbers to wandb (MFU in percent there)."""
-    if master_process:
-        append_metrics(metrics_file, row)
-        if wandb_log:
-            wandb_row = {WANDB_NAMES.get(k, k): v for k, v in row.items() if k != 'iter'}
-            if wandb_row.get('mfu') is not None:
-                wandb_row['mfu'] *= 100
-            wandb.log(wandb_row, step=row['iter'])
-
-
-def read_device_stats():
-    """Reads the losses and gradient norms queued on the device since the last read (one host-device
-    sync), stops the run where nanogpt.training.divergence says it went wrong, and returns the last
-    iteration's loss (mean over micro-steps and ranks) and whether any rank was asked to stop."""
-    stats = torch.stack([torch.stack((loss, norm)) for _, _, loss, norm in unread_stats])
-    # a last row: the stop request and the GradScaler's scale, so that every rank decides alike
-    last = torch.tensor([[float(stop_signal is not None), scaler.get_scale()]], device=device)
-    values = (distributed.all_reduce_sum(torch.cat((stats, last))) / world_size).tolist()
-    rows = [(it, lr_it, loss_it, norm_it) for (it, lr_it, _, _), (loss_it, norm_it) in zip(unread_stats, values)]
-    if found := divergence(rows, grad_clip, values[-1][1] if scaler.is_enabled() else None):
-        (it, lr_it, _, _), what = found
-        raise ScriptError(f"iter {it}: {what} at learning rate {lr_it:.3g}; training stopped and {ckpt_file} is left "
-                          f"as it was. Try a lower {lower_rates}, grad_clip=1.0, or dtype=float32/bfloat16")
-    unread_stats.clear()
-    return values[-2][0], values[-1][0] > 0
-
+if wandb is not None:
+    start_wandb(wandb, wandb_project, wandb_run_name, config)
 
 # training loop
 if iter_num >= max_iters and not eval_only and master_process:
@@ -446,8 +307,7 @@ local_iter_num = 0  # iterations of this process's lifetime
 running_mfu = None  # none until the loop has settled
 unread_stats = []  # (iteration, lr, loss, grad norm), the last two still on the device
 stop = False  # whether a rank was asked to stop (a signal), as agreed at a log point
-t0 = time.time()
-iters_timed = 0  # iterations since t0
+t0, iters_timed = time.time(), 0  # iterations since t0
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
@@ -462,26 +322,28 @@ while True:
         if master_process:
             print(f"hellaswag {iter_num}: acc_norm {scores['acc_norm']:.4f}, acc {scores['acc']:.4f}, "
                   f"{scores['examples']} examples, {eval_s:.2f}s")
-        record({'iter': iter_num, 'hellaswag_acc_norm': scores['acc_norm'], 'hellaswag_acc': scores['acc'],
-                'hellaswag_s': eval_s})
+            record(metrics_file, {'iter': iter_num, 'hellaswag_acc_norm': scores['acc_norm'],
+                                  'hellaswag_acc': scores['acc'], 'hellaswag_s': eval_s}, wandb)
         t0, iters_timed = time.time(), 0
 
     # evaluate, and save a checkpoint, every eval_interval iterations and at the end (eval_only: evaluate, once)
     if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and iter_num != skip_eval_at:
-        if unread_stats:
-            read_device_stats()  # never save a checkpoint of a diverged model
+        if unread_stats:  # never save a checkpoint of a diverged model
+            read_device_stats(unread_stats, bool(stop_signals), scaler, device, world_size, grad_clip, advice)
         t_eval = time.time()
-        losses = estimate_loss(iter_num)
+        losses = estimate_loss(model, {'train': train_data, 'val': val_data}, eval_iters, batch_size, block_size,
+                               vocab_size, device, ctx, (seed, SEED_EVAL_BATCHES, iter_num), rank, world_size,
+                               fixed_val_set, inference_mode=not (fsdp or compile))
         eval_s = time.time() - t_eval
         if not (np.isfinite(losses['train']) and np.isfinite(losses['val'])):
             raise ScriptError(f"step {iter_num}: evaluation loss is not finite (train {losses['train']}, val "
-                              f"{losses['val']}); {ckpt_file} is left as it was. Try a lower {lower_rates}, "
-                              f"grad_clip=1.0, or dtype=float32/bfloat16")
+                              f"{losses['val']}); {advice}")
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, eval {eval_s:.2f}s")
-        record({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'eval_s': eval_s, 'lr': lr})
+            record(metrics_file, {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                                  'eval_s': eval_s, 'lr': lr}, wandb)
         if iter_num > 0 and not eval_only and (improved or always_save_checkpoint):
             save_s = write_checkpoint(resume_at=iter_num, evaluated_at=iter_num)
             if master_process:
@@ -491,22 +353,23 @@ while True:
     if eval_only or iter_num >= max_iters:
         break
 
-    if data_order == 'sequential' and master_process:  # an iteration that reaches the end of the split says so
-        first, rows = train_row(iter_num), row_count(train_data, block_size)
-        if (first + rows_per_iter - 1) // rows > ((first - 1) // rows if first else 0):
-            print(f"epoch {(first + rows_per_iter - 1) // rows + 1}: iteration {iter_num} reads the training split "
-                  f"again from its start")
+    # an iteration that reaches the end of the split (data_order='sequential') says so
+    if data_order == 'sequential' and master_process and \
+            (epoch := epoch_begun(train_row(iter_num), rows_per_iter, row_count(train_data, block_size))):
+        print(f"epoch {epoch}: iteration {iter_num} reads the training split again from its start")
 
     # forward, backward, update; the next batch is fetched while the device computes
     X, Y, loss, grad_norm = train_step(model, optimizer, scaler, ctx, X, Y, batch=batch, it=iter_num,
                                        micro_steps=gradient_accumulation_steps, grad_clip=grad_clip,
-                                       seed_dropout=seed_dropout if dropout > 0 else None)
+                                       seed_dropout=seed_dropout)
     unread_stats.append((iter_num, lr, loss, grad_norm))
     iters_timed += 1
 
     # timing and logging; under DDP a stop request is agreed on at log points, where the ranks meet anyway
-    if iter_num % log_interval == 0 or (stop_signal is not None and not ddp):
-        lossf, stop = read_device_stats()  # waits for the device, so the clock below is honest
+    if iter_num % log_interval == 0 or (stop_signals and not ddp):
+        # reading the stats waits for the device, so the clock below is honest
+        lossf, stop = read_device_stats(unread_stats, bool(stop_signals), scaler, device, world_size, grad_clip,
+                                        advice)
         t1 = time.time()
         dt = (t1 - t0) / iters_timed
         t0, iters_timed = t1, 0
@@ -515,8 +378,8 @@ while True:
             running_mfu = step_mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * step_mfu
         if master_process:
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {format_mfu(running_mfu)}")
-        record({'iter': iter_num, 'loss': lossf, 'lr': lr, 'time_ms': dt * 1000, 'mfu': running_mfu,
-                'tokens': (iter_num + 1) * tokens_per_iter})
+            record(metrics_file, {'iter': iter_num, 'loss': lossf, 'lr': lr, 'time_ms': dt * 1000, 'mfu': running_mfu,
+                                  'tokens': (iter_num + 1) * tokens_per_iter}, wandb)
         if stop:
             save_s = write_checkpoint(resume_at=iter_num + 1, evaluated_at=last_eval_iter)
             if master_process:
@@ -526,11 +389,11 @@ while True:
     iter_num += 1
     local_iter_num += 1
 
-if wandb_log and master_process:
+if wandb is not None:
     wandb.finish()
-# the DDP wrapper (its reducer) holds the process group: it goes first, so that the group is freed while
-# the interpreter is whole (freed at its exit, gloo's threads could abort the process, exit code -6)
+# the DDP wrapper (its reducer) holds the process group: dropped first, the group is freed while the
+# interpreter is whole (at its exit, gloo's threads could abort the process: exit code -6)
 model = optimizer = None
 distributed.teardown()
 if stop:  # asked to stop (a signal on any rank): the exit code says which signal
-    sys.exit(128 + (stop_signal or signal.SIGTERM))
+    sys.exit(128 + (stop_signals[-1] if stop_signals else signal.SIGTERM))

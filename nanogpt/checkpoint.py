@@ -11,15 +11,17 @@ import math
 import os
 import pickle
 import re
+import shlex
+import sys
 import zipfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import fields
 
 import torch
 
 from model import GPT, GPT2_SHAPES, GPTConfig, beyond_gpt2, hf_directory_files, read_hf_config
 from nanogpt import ScriptError
-from nanogpt.data import GPT2_VOCAB_SIZE, MAX_DIMENSION, check_vocab, short
+from nanogpt.data import GPT2_VOCAB_SIZE, MAX_DIMENSION, check_fingerprint, check_vocab, short
 from nanogpt.files import atomic_write, ckpt_path, pickle_bounds_error
 
 
@@ -133,6 +135,7 @@ def checkpoint_entry_error(checkpoint):
                           and not math.isnan(float(v)), 'a number'),
         'config': (lambda v: isinstance(v, dict), 'a dict (the run\'s configuration)'),
         'scaler': (lambda v: v is None or isinstance(v, dict), 'None or a dict (a GradScaler state)'),
+        'train_row': (lambda v: type(v) is int and v >= 0, 'a row number (an integer from 0)'),
     }
     for key, (test, what) in rules.items():
         if key in checkpoint and not test(checkpoint[key]):
@@ -140,15 +143,21 @@ def checkpoint_entry_error(checkpoint):
     return None
 
 
-@contextmanager
-def configured_optimizer_settings(optimizer, path):
-    """Around the loading of a checkpoint's optimizer state: a state that does not fit optimizer is one
-    line, and the hyperparameters optimizer was built with (learning rates and Muon's lr_scale, betas,
-    weight decay, momentum) are put back after it, as the state dict brings the checkpoint's. A resumed
-    run keeps the moments and step counts, and takes the settings configured now."""
+def load_optimizer_state(checkpoint, path, optimizer, scaler, fsdp_model=None):
+    """A resume's optimizer and GradScaler states from checkpoint (under FSDP onto fsdp_model's shards,
+    from the full state dicts saved), with the hyperparameters optimizer was built with (learning rates
+    and Muon's lr_scale, betas, weight decay, momentum) put back after it, as the state dict brings the
+    checkpoint's: a resumed run keeps the moments and step counts, and takes the settings configured
+    now. A state that does not fit the optimizer is one line."""
     configured = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
     try:
-        yield
+        if fsdp_model is not None:
+            from nanogpt.distributed import load_full_state
+            load_full_state(fsdp_model, optimizer, clean_state_dict(checkpoint['model']), checkpoint['optimizer'])
+        else:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        if checkpoint.get('scaler'):
+            scaler.load_state_dict(checkpoint['scaler'])
     except Exception as e:  # torch's load_state_dict checks little: a state of another form fails anywhere
         raise ScriptError(f"{path} holds an optimizer state that this optimizer cannot load ({type(e).__name__}: "
                           f"{short(str(e), 200)}); point out_dir at another checkpoint")
@@ -253,11 +262,12 @@ def shape_warning(config, model_args):
             f"not {', '.join(f'{k}={config[k]!r}' for k in differ)} as configured")
 
 
-def check_start(model_args, checkpoint, block_size, meta, dataset, optimizer='adamw'):
+def check_start(model_args, checkpoint, block_size, meta, dataset, optimizer='adamw', fingerprint=None):
     """Stops when a resumed (checkpoint) or pretrained model, of shape model_args, cannot train on
     this data at this block_size with this optimizer: a larger block_size (no positions learned past
     its own), a smaller one on a resume (the optimizer state has the checkpoint's shape), another
-    vocabulary, another optimizer than the one whose state a resume loads."""
+    vocabulary, another optimizer than the one whose state a resume loads, another tokenizer than the
+    dataset's (fingerprint, as tokenizer_fingerprint gives it)."""
     size = model_args['block_size']
     source = 'checkpoint' if checkpoint is not None else 'pretrained model'
     if block_size > size:
@@ -276,6 +286,16 @@ def check_start(model_args, checkpoint, block_size, meta, dataset, optimizer='ad
     else:
         hint = "GPT-2 reads GPT-2's BPE tokens: prepare the text with data/prepare.py --tokenizer=gpt2"
     check_vocab(meta, model_args['vocab_size'], f"dataset {dataset}", hint)
+    check_fingerprint(checkpoint, fingerprint, f"dataset {dataset}", "its ids would stand for other text: resume with "
+                      "the dataset as it was prepared for this run")
+
+
+def command_lines(checkpoint, world_size):
+    """The command lines that trained a run, for the model card of an export: the checkpoint's (where it
+    resumes one) and this process's."""
+    this = shlex.join(['python', *sys.argv]) + (f" (under torchrun, {world_size} processes)" if world_size > 1 else '')
+    before = checkpoint.get('commands') if checkpoint is not None else None
+    return [c for c in before if isinstance(c, str)] + [this] if isinstance(before, list) else [this]
 
 
 def init_model(init_from, out_dir, dropout, model_args=None, checkpoint=None):

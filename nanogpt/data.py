@@ -365,6 +365,21 @@ def row_count(data, block_size):
     return (len(data) - 1) // block_size
 
 
+def check_fixed_val_set(data, block_size, rows):
+    """Stops with one line where a val split holds fewer than rows rows (fixed_val_set's eval_iters x batch_size)."""
+    if row_count(data, block_size) < rows:
+        raise ScriptError(f"fixed_val_set=True evaluates on the first eval_iters x batch_size = {rows} rows of "
+                          f"{block_size + 1} tokens of the val split, which has {row_count(data, block_size)}; "
+                          f"lower eval_iters")
+
+
+def epoch_begun(first, count, rows):
+    """The epoch (counted from 1) that begins among rows first to first + count - 1 of a split of rows
+    rows read over and over (data_order='sequential'), or None; the first epoch's start is not one."""
+    epoch = (first + count - 1) // rows
+    return epoch + 1 if epoch > ((first - 1) // rows if first else 0) else None
+
+
 def ordered_rows(data, block_size, first, count):
     """Rows first, first + 1, ..., first + count - 1 of a split read in order, as build-nanogpt and
     llm.c read it: row r is tokens r * block_size to r * block_size + block_size of the split (its

@@ -1,7 +1,7 @@
 """
-Measuring a trained model beyond eval_iters random batches: its loss on a whole split (the same tokens
-for every run, so two runs or two recipes compare exactly), and HellaSwag. Used by
-benchmarks/evaluate.py, by train.py (hellaswag_interval) and by benchmarks/compare.py.
+Measuring a model: train.py's evaluation (the loss over eval_iters batches of each split), its loss on
+a whole split (the same tokens for every run, so two runs or two recipes compare exactly), and
+HellaSwag. Used by train.py, benchmarks/evaluate.py and benchmarks/compare.py.
 
 HellaSwag (Zellers et al. 2019, https://github.com/rowanz/hellaswag) in completion style, as
 build-nanogpt and llm.c score it: each example's context is followed by each of its 4 endings, and the
@@ -20,12 +20,46 @@ from torch.nn import functional as F
 
 from nanogpt import ScriptError, distributed
 from nanogpt.corpus import json_lines
-from nanogpt.data import GPT2_VOCAB_SIZE, ROOT, gpt2_encoding
+from nanogpt.data import GPT2_VOCAB_SIZE, ROOT, get_batch, get_ordered_batch, gpt2_encoding
 from nanogpt.files import atomic_write
 
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 HELLASWAG_PATH = os.path.join(ROOT, 'data', 'hellaswag', 'hellaswag_val.jsonl')
 HELLASWAG_EXAMPLES = 10042
+
+
+def estimate_loss(model, splits, eval_iters, batch_size, block_size, vocab_size, device, ctx, seed, rank=0,
+                  world_size=1, fixed_val_set=False, inference_mode=True):
+    """Mean loss over eval_iters batches of each split ({name: data}): random ones, drawn with seed +
+    (the split's index, the batch's), or for val with fixed_val_set the first eval_iters x batch_size
+    rows of the split read in order. The batches are shared out among the ranks (every rank works; a
+    rank left without a batch of the fixed set computes one that is not counted) and the sums are
+    all-reduced; the host waits for the device once per split. inference_mode=False: under no_grad
+    instead, where FSDP's parameters must stay usable by autograd, and where the model is compiled
+    (CUDA graphs first recorded under inference_mode make the training graph's recording fail,
+    pytorch/pytorch#135892)."""
+    out = {}
+    model.eval()
+    n_local = -(-eval_iters // world_size)  # equal counts on every rank, as FSDP's collectives need
+    with torch.inference_mode() if inference_mode else torch.no_grad():
+        for s, (split, data) in enumerate(splits.items()):
+            fixed = split == 'val' and fixed_val_set
+            total = torch.zeros(2, device=device)
+            for i in range(n_local):
+                k = rank + i * world_size
+                if fixed:
+                    X, Y = get_ordered_batch(data, batch_size, block_size, k % eval_iters * batch_size, vocab_size,
+                                             device)
+                else:
+                    X, Y = get_batch(data, batch_size, block_size, (*seed, s, k), vocab_size, device)
+                with ctx:
+                    _, loss = model(X, Y)
+                if k < eval_iters or not fixed:
+                    total += torch.stack((loss.float(), torch.ones((), device=device)))
+            loss_sum, count = distributed.all_reduce_sum(total).tolist()
+            out[split] = loss_sum / count
+    model.train()
+    return out
 
 
 def whole_split_loss(model, data, block_size, batch_size, device, ctx):

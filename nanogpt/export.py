@@ -272,7 +272,7 @@ def model_card(name, facts):
         '```',
         '',
         f"The context is {facts['block_size']} tokens: generation_config.json stops there (max_length).",
-        *([f"modeling_nanogpt.py runs nanogpt_model.py, a copy of the toolkit's model.py, hence "
-           f"trust_remote_code=True: read both before you load it."] if facts['custom'] else []),
+        *(["modeling_nanogpt.py runs nanogpt_model.py, a copy of the toolkit's model.py, hence "
+           "trust_remote_code=True: read both before you load it."] if facts['custom'] else []),
     ]
     return ('\n'.join(lines) + '\n').encode('utf-8')

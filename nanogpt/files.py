@@ -478,6 +478,44 @@ def append_metrics(path, row):
                   f"on may be missing there", file=sys.stderr)
 
 
+WANDB_NAMES = {'loss': 'iter/loss', 'train_loss': 'train/loss', 'val_loss': 'val/loss'}  # upstream's for the losses
+
+
+def check_wandb():
+    """The wandb module, where a run can log to it; one line where it cannot (not installed, or no API
+    key for online logging), said before the run writes anything."""
+    try:
+        import wandb
+    except ImportError:
+        raise ScriptError("wandb_log=True needs wandb: pip install wandb")
+    if os.environ.get('WANDB_MODE', '').lower() not in ('offline', 'disabled', 'dryrun'):
+        try:
+            wandb.login(verify=False)  # the API key from WANDB_API_KEY or `wandb login`; nothing is sent
+        except Exception as e:
+            raise ScriptError(f"wandb cannot log online ({type(e).__name__}: {e}); run `wandb login` (or set "
+                              f"WANDB_API_KEY), or log offline with WANDB_MODE=offline and `wandb sync` later")
+    return wandb
+
+
+def start_wandb(wandb, project, name, config):
+    try:
+        wandb.init(project=project, name=name, config=config)
+    except Exception as e:
+        raise ScriptError(f"wandb could not start a run ({type(e).__name__}: {e}); log offline with "
+                          f"WANDB_MODE=offline (and `wandb sync` later), or set wandb_log=False")
+
+
+def record(path, row, wandb=None):
+    """Appends a row to the metrics file at path, and sends the same numbers to wandb where it logs
+    (under upstream's names for the losses, MFU in percent)."""
+    append_metrics(path, row)
+    if wandb is not None:
+        wandb_row = {WANDB_NAMES.get(k, k): v for k, v in row.items() if k != 'iter'}
+        if wandb_row.get('mfu') is not None:
+            wandb_row['mfu'] *= 100
+        wandb.log(wandb_row, step=row['iter'])
+
+
 def trim_metrics(path, resume_iter=None, keep_eval_at_resume=False):
     """Before a run appends: drop the rows of the iterations it is about to repeat (from resume_iter
     on; None: none), so each iteration appears once, and mend what a crash left (a last line cut

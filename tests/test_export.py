@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import TINY, multilingual_text, run_script, text_dataset, tiny
+from conftest import multilingual_text, run_script, text_dataset, tiny
 from model import GPT
 from nanogpt.data import EOT, GPT2_EOT_TOKEN, PADDED_GPT2_VOCAB_SIZE, train_bpe, write_dataset
 from nanogpt.export import custom_form, gpt2_form, gpt2_tokenizer_files, neox_form

@@ -4,13 +4,11 @@ in bfloat16 or float32), and AdamW (model.AdamW) against torch.optim.AdamW."""
 
 import copy
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import TINY, run_script
 from model import AdamW, Muon, orthogonalize
 
 SHAPES = [(48, 16), (16, 16), (16, 64)]  # tall (orthogonalised through its transpose), square, wide
@@ -153,24 +151,14 @@ def test_adamw_is_torchs_update_and_state():
         assert torch.equal(a, b)
 
 
-def test_a_muon_run_does_not_import_torch_dynamo():
+def test_a_muon_run_does_not_import_torch_dynamo(project, tmp_path):
     # torch.optim's optimizers import torch._dynamo when first used: 1.5 s of a CPU speedrun's 14
-    code = """
-import sys, torch
-from model import GPT, GPTConfig
-model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32, tie_weights=False))
-opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu', verbose=False, optimizer='muon')
-scaler = torch.amp.GradScaler('cpu', enabled=False)
-x = torch.randint(32, (2, 8))
-for _ in range(2):
-    scaler.scale(model(x, x)[1]).backward()
-    scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-opt.load_state_dict(opt.state_dict())
-print('torch._dynamo' in sys.modules)
-"""
-    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ['False']
+    proc = run_script(project, '-X', 'importtime', 'train.py', 'config/train_shakespeare_char.py', *TINY,
+                      '--optimizer=muon', '--max_iters=3', '--eval_interval=2', f'--out_dir={tmp_path / "out"}')
+    imported = [line.split('|')[-1].strip() for line in proc.stderr.splitlines() if line.startswith('import time:')]
+    assert 'torch.nn' in imported and 'torch._dynamo' not in imported  # the import log, and nothing of dynamo
+    # the checkpoint holds both optimizers' states, and a resume loads them (and still imports no dynamo)
+    proc = run_script(project, '-X', 'importtime', 'train.py', 'config/train_shakespeare_char.py', *TINY,
+                      '--optimizer=muon', '--max_iters=4', '--eval_interval=2', '--init_from=resume',
+                      f'--out_dir={tmp_path / "out"}')
+    assert 'torch._dynamo' not in proc.stderr

@@ -5,13 +5,10 @@ the bad inputs, on multilingual text (Latin, Cyrillic, Greek, CJK, emoji) writte
 
 import codecs
 import math
-import os
 import pickle
 import random
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -136,7 +136,8 @@ def test_sequential_settings_refused_with_one_line(monkeypatch, numbered, runs, 
     torch.save(dict(ckpt, train_row=-8), damaged / 'ckpt.pt')
     for args, expected in [
         ([f'--out_dir={damaged}', '--init_from=resume', '--max_iters=9'],
-         f"{damaged / 'ckpt.pt'} cannot be used: its train_row is -8, not a row number (an integer from 0)"),
+         f"{damaged / 'ckpt.pt'} cannot be used: its train_row is -8, not a row number (an integer from 0); "
+         "point out_dir at another checkpoint"),
         (['--data_order=shuffled'], "data_order must be 'random' or 'sequential', got 'shuffled'"),
         (['--eval_iters=5', '--batch_size=2'],
          "fixed_val_set=True evaluates on the first eval_iters x batch_size = 10 rows of 9 tokens of the val split, "

@@ -367,10 +367,9 @@ def row_count(data, block_size):
 
 def check_fixed_val_set(data, block_size, rows):
     """Stops with one line where a val split holds fewer than rows rows (fixed_val_set's eval_iters x batch_size)."""
-    if row_count(data, block_size) < rows:
+    if (held := row_count(data, block_size)) < rows:
         raise ScriptError(f"fixed_val_set=True evaluates on the first eval_iters x batch_size = {rows} rows of "
-                          f"{block_size + 1} tokens of the val split, which has {row_count(data, block_size)}; "
-                          f"lower eval_iters")
+                          f"{block_size + 1} tokens of the val split, which has {held}; lower eval_iters")
 
 
 def epoch_begun(first, count, rows):

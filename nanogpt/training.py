@@ -72,14 +72,14 @@ def catch_stop_signals(announce):
     return received
 
 
-def dropout_seeder(*stream):
+def dropout_seeder(seed, stream, first_micro_step):
     """seed_dropout(it, micro_step) for train_step: reseeds torch for the dropout masks of a micro-step
-    from stream + (it, micro_step) (about 0.1 ms, so only where there is dropout). stream: the run's seed,
-    the dropout's stream, and the first micro-step of this rank (micro-steps are numbered across ranks)."""
-    *head, first = stream
+    from (seed, stream, it, first_micro_step + micro_step) (about 0.1 ms, so only where there is dropout).
+    first_micro_step: this rank's first (micro-steps are numbered across the ranks)."""
 
     def seed_dropout(it, micro_step):
-        torch.manual_seed(int(np.random.SeedSequence((*head, it, first + micro_step)).generate_state(1)[0]))
+        state = np.random.SeedSequence((seed, stream, it, first_micro_step + micro_step)).generate_state(1)
+        torch.manual_seed(int(state[0]))
     return seed_dropout
 
 
